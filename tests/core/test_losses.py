@@ -1,0 +1,164 @@
+import math
+
+import pytest
+import torch
+
+from mmrl.core import losses
+from mmrl.core.losses import AGGREGATIONS, LOSSES
+
+
+def _single(logp_val, old_val, adv, **kw):
+    logp = torch.tensor([[logp_val]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[old_val]], dtype=torch.float64)
+    loss, stats = losses.compute("grpo", logp, old, torch.tensor([adv], dtype=torch.float64),
+                                 torch.ones(1, 1), **kw)
+    loss.backward()
+    return loss.item(), logp.grad.item(), stats
+
+
+def test_grpo_clip_positive_advantage_is_clipped_above():
+    # r = 1.3, A = +1, eps 0.2: loss -1.2 and no gradient
+    loss, grad, stats = _single(math.log(1.3), 0.0, 1.0, eps=0.2)
+    assert loss == pytest.approx(-1.2) and grad == 0.0
+    assert stats["clip_frac_high"] == 1 and stats["clip_frac_low"] == 0
+
+
+def test_grpo_clip_negative_advantage_above_range_still_flows():
+    # r = 1.3, A = -1: min(-1.3, -1.2) = -1.3 -> loss 1.3, d loss / d logp = r = 1.3
+    loss, grad, _ = _single(math.log(1.3), 0.0, -1.0, eps=0.2)
+    assert loss == pytest.approx(1.3) and grad == pytest.approx(1.3)
+
+
+def test_clip_higher_is_asymmetric():
+    # DAPO: r = 1.25 < 1.28 with A = +1 is not clipped ...
+    loss, grad, _ = _single(math.log(1.25), 0.0, 1.0, eps=0.2, eps_high=0.28)
+    assert loss == pytest.approx(-1.25) and grad == pytest.approx(-1.25)
+    # ... r = 0.75 < 0.8 with A = -1 is clipped: loss = -min(-0.75, -0.8) = 0.8, no gradient
+    loss, grad, stats = _single(math.log(0.75), 0.0, -1.0, eps=0.2, eps_high=0.28)
+    assert loss == pytest.approx(0.8) and grad == 0.0 and stats["clip_frac_low"] == 1
+
+
+def test_kl_estimators_hand_computed():
+    logp, ref = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True), torch.tensor([-1.1], dtype=torch.float64)
+    k3 = losses.kl_k3(logp, ref)
+    assert k3.item() == pytest.approx(math.exp(-0.1) + 0.1 - 1) and k3.item() == pytest.approx(0.004837, abs=1e-6)
+    k3.backward()
+    assert logp.grad.item() == pytest.approx(1 - math.exp(-0.1))  # 0.0952
+    assert losses.kl_k1(logp, ref).item() == pytest.approx(0.1)
+    assert losses.kl_k2(logp, ref).item() == pytest.approx(0.005)
+
+
+def test_kl_enters_the_loss_per_token_with_beta():
+    logp = torch.tensor([[-1.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.1]], dtype=torch.float64)
+    loss, stats = losses.compute("grpo", logp, logp, torch.zeros(1, dtype=torch.float64), torch.ones(1, 1),
+                                 ref_logp=ref, beta=0.5)
+    assert loss.item() == pytest.approx(0.5 * (math.exp(-0.1) + 0.1 - 1))
+    assert stats["kl"].item() == pytest.approx(0.004837, abs=1e-6)
+    with pytest.raises(ValueError, match="ref_logp"):
+        losses.compute("grpo", logp, logp, torch.zeros(1), torch.ones(1, 1), beta=0.1)
+
+
+def test_aggregations_hand_computed():
+    # lengths 2 and 4; l = 1 on seq 1, 0 on seq 2
+    mask = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1]])
+    l = torch.tensor([[1.0, 1, 9, 9], [0, 0, 0, 0]])  # 9s sit on padding and must not count
+    agg = lambda name, **kw: AGGREGATIONS.get(name)(l, mask, **kw).item()
+    assert agg("token-mean") == pytest.approx(1 / 3)
+    assert agg("seq-mean-token-mean") == pytest.approx(0.5)
+    assert agg("seq-mean-token-sum") == pytest.approx(1.0)
+    assert agg("seq-mean-token-sum-norm", max_len=4) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="max_len"):
+        agg("seq-mean-token-sum-norm")
+
+
+@pytest.mark.parametrize("aggregation", sorted(AGGREGATIONS))
+def test_split_batch_with_global_normalisers_matches_whole_batch(aggregation):
+    torch.manual_seed(0)
+    logp = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    old = logp.detach() + 0.1 * torch.randn(4, 5, dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 0.3, -0.8], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float64)
+    kw = dict(aggregation=aggregation, max_len=5)
+    whole, _ = losses.compute("grpo", logp, old, adv, mask, **kw)
+    (g_whole,) = torch.autograd.grad(whole, logp)
+    parts = 0
+    for rows in (slice(0, 2), slice(2, 4)):  # two micro-batches, normalised by whole-batch counts
+        part, _ = losses.compute("grpo", logp[rows], old[rows], adv[rows], mask[rows],
+                                 num_seqs=4, num_tokens=mask.sum(), **kw)
+        parts = parts + part
+    (g_parts,) = torch.autograd.grad(parts, logp)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(g_parts, g_whole)
+
+
+def test_grpo_gradient_matches_plain_autograd_reference():
+    torch.manual_seed(1)
+    logp = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    old = logp.detach() + 0.3 * torch.randn(3, 4, dtype=torch.float64)
+    ref = logp.detach() + 0.2 * torch.randn(3, 4, dtype=torch.float64)
+    adv = torch.tensor([1.2, -0.7, 0.4], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
+    eps, eps_high, beta = 0.2, 0.28, 0.04
+    loss, _ = losses.compute("grpo", logp, old, adv, mask, ref_logp=ref, eps=eps, eps_high=eps_high, beta=beta)
+    (g,) = torch.autograd.grad(loss, logp)
+    # literal DeepSeekMath objective, one token at a time
+    total = 0
+    for i in range(3):
+        seq = 0
+        n = int(mask[i].sum())
+        for t in range(n):
+            r = torch.exp(logp[i, t] - old[i, t])
+            surrogate = torch.minimum(r * adv[i], torch.clamp(r, 1 - eps, 1 + eps_high) * adv[i])
+            kl = torch.exp(ref[i, t] - logp[i, t]) - (ref[i, t] - logp[i, t]) - 1
+            seq = seq + (-(surrogate) + beta * kl) / n
+        total = total + seq / 3
+    (g_ref,) = torch.autograd.grad(total, logp)
+    torch.testing.assert_close(loss, total)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_gspo_clips_the_whole_sequence():
+    # token log-ratios [0.001, -0.003]: s = exp(-0.001) = 0.9990 < 1 - 3e-4 -> clipped for A = -1
+    old = torch.zeros(1, 2, dtype=torch.float64)
+    logp = torch.tensor([[0.001, -0.003]], dtype=torch.float64, requires_grad=True)
+    loss, stats = losses.compute("gspo", logp, old, torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 2))
+    loss.backward()
+    assert loss.item() == pytest.approx(1 - 3e-4)
+    assert torch.all(logp.grad == 0) and stats["clip_frac_low"] == 1
+    # token-level GRPO with eps 0.2 would clip neither token
+    _, stats = losses.compute("grpo", logp, old, torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 2))
+    assert stats["clip_frac"] == 0
+
+
+def test_gspo_unclipped_gradient_is_length_normalised():
+    # s = exp(mean log-ratio); d(-s A)/d logp_t = -A s / |y| on each of the 2 valid tokens
+    old = torch.zeros(1, 3, dtype=torch.float64)
+    logp = torch.tensor([[1e-4, -1e-4, 5.0]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    loss, _ = losses.compute("gspo", logp, old, torch.tensor([2.0], dtype=torch.float64), mask)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.0, -1.0, 0.0]], dtype=torch.float64))
+    assert loss.item() == pytest.approx(-2.0)
+
+
+def test_token_weights_scale_token_losses():
+    logp = torch.zeros(1, 2)
+    loss, _ = losses.compute("grpo", logp, logp, torch.tensor([1.0]), torch.ones(1, 2),
+                             token_weights=torch.tensor([[2.0, 0.0]]), aggregation="token-mean")
+    assert loss.item() == pytest.approx(-1.0)  # (-1 * 2 + -1 * 0) / 2
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_runs_through_compute(name):
+    logp = torch.randn(2, 3, requires_grad=True)
+    loss, stats = losses.compute(name, logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.ones(2, 3))
+    loss.backward()
+    assert torch.isfinite(loss) and "clip_frac" in stats
+
+
+def test_unknown_loss_and_aggregation_name_valid_choices():
+    with pytest.raises(KeyError, match="valid"):
+        losses.compute("ppo2", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1))
+    with pytest.raises(KeyError, match="token-mean"):
+        losses.compute("grpo", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), aggregation="x")
