@@ -1,0 +1,274 @@
+"""Run configuration: dataclasses loaded from yaml, overridden by dotted `key=value` arguments.
+
+Unknown keys and wrong types are errors that name the key:
+    load_config("configs/tiny_text_grpo.yaml", ["trainer.max_steps=20", "output_dir=/tmp/run"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------ schema
+@dataclass
+class TinyModelConfig:
+    """Shape of the randomly initialised Qwen2-style model used when model.name_or_path == 'tiny'."""
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 400
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the weights are loaded in
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
+    gradient_checkpointing: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SyntheticConfig:
+    """Generated tasks with verifiable answers (see mmrl.data.synthetic)."""
+    task: str = "addition"
+    num_examples: int = 200
+    max_operand: int = 9
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # 'synthetic', a jsonl path, or 'package:<name>' for a file shipped with mmrl
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    solution_field: str = "solution"  # reference completion for the SFT warm-up
+    prompt_template: str = "{question}"  # user message, formatted with the row's fields
+    system_prompt: str | None = None
+    max_prompt_length: int = 512  # prompts longer than this (in tokens) are cut from the left
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class RewardConfig:
+    name: str = "accuracy_math"
+    weight: float = 1.0
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"
+    advantage_params: dict = field(default_factory=dict)  # keyword arguments of the estimator, e.g. {eps: 1e-6}
+    loss: str = "grpo"
+    loss_params: dict = field(default_factory=dict)  # keyword arguments of the loss, e.g. {eps: 0.2, eps_high: 0.28}
+    aggregation: str = "seq-mean-token-mean"
+    beta: float = 0.0  # KL weight; > 0 keeps a frozen reference model
+    kl_estimator: str = "k3"
+    num_iterations: int = 1  # mu: policy updates per rollout batch
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    scheduler: str = "constant"  # constant | linear | cosine (after warmup)
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm-up on the data's reference solutions before RL (0 steps = off)."""
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 16
+    target_template: str = "{solution}"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    prompts_per_step: int = 8  # global number of prompts per step; each gets rollout.group_size completions
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast)
+    seed: int = 0
+    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    save_total_limit: int = 2
+    save_hf_model: bool = True  # also write a from_pretrained-loadable model/ in each checkpoint
+    logprob_chunk_rows: int = 4
+    log_every: int = 1
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    resume_from: str | None = None  # a checkpoint dir, or 'latest' (newest under output_dir/checkpoints)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+# ------------------------------------------------------------------ building and checking
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str):
+    """Check `value` against the annotation `tp`, converting int -> float; raise naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got bool {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls, data: dict, prefix: str = ""):
+    """Instantiate dataclass `cls` from a nested dict; unknown keys raise with close matches."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"'{prefix}'" if prefix else "the top level"
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys in {where}: {names}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"config key '{'.'.join(parts[:i + 1])}' is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=Config):
+    """Load `path` (yaml) into `cls`, then apply `key=value` overrides (values parsed as yaml)."""
+    tree = to_dict(cls())
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level of a config must be a mapping")
+        _merge(tree, loaded)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.max_steps=20)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), _parse_value(raw))
+    return build(cls, tree)
+
+
+def _parse_value(raw: str):
+    """An override's value as yaml (numbers, lists, mappings); text yaml cannot read stays text."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _merge(base: dict, new: dict) -> None:
+    """Recursive update; lists and scalars in `new` replace those in `base`."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,40 @@
+"""The ModalityAdapter protocol: the only things the trainer asks of a model family."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from mmrl.core.batch import RolloutBatch
+
+
+class ModalityAdapter(Protocol):
+    def prepare(self, example: dict):
+        """Model inputs for one prompt (chat template, image/video loading)."""
+
+    def generate(self, model, examples: list[dict], group_size: int, rollout_cfg) -> RolloutBatch:
+        """`group_size` sampled completions per example, grouped consecutively; fills
+        completions_text and examples (one per row)."""
+
+    def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
+        """Teacher-forced batch of given completions (supervised warm-up, scoring references)."""
+
+    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+        """Per-token log-probs [N, C] of the batch's completion tokens (and entropies [N, C])."""
+
+    def save_pretrained(self, directory) -> None:
+        """Write the tokenizer / processor next to a saved model."""
+
+
+def assert_adapter(adapter) -> None:
+    missing = [m for m in ("prepare", "generate", "encode", "log_probs", "save_pretrained")
+               if not callable(getattr(adapter, m, None))]
+    if missing:
+        raise TypeError(f"{type(adapter).__name__} is not a ModalityAdapter: missing {missing}")
+
+
+def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
+    """[N, C] mask: 1 up to and including the first EOS of each row, 0 after it."""
+    is_eos = torch.isin(completion_ids, torch.as_tensor(eos_token_ids, device=completion_ids.device))
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return (~after_eos).long()

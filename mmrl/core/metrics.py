@@ -1,0 +1,89 @@
+"""Per-step metrics: a jsonl file that survives crashes and resumes, and a reward-curve plot."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# name -> meaning; the docs table in README is generated from the same words.
+METRICS = {
+    "reward/mean": "mean total (weighted) reward over the step's completions, all ranks",
+    "reward/std": "std of the total reward over the step's completions",
+    "reward/<name>/mean": "mean of one reward function's column",
+    "reward/errors": "samples a reward function raised on (scored 0)",
+    "advantage/abs_mean": "mean |advantage|",
+    "frac_degenerate_groups": "share of groups whose rewards are all equal (zero advantage)",
+    "kl": "mean per-token KL estimate to the reference model (only when beta > 0)",
+    "entropy": "mean per-token entropy of the policy on its completions",
+    "clip_frac": "share of tokens whose ratio was clipped (clip_frac_low / clip_frac_high by side)",
+    "completion_length/mean": "mean completion length in tokens",
+    "loss": "policy loss of the last inner update",
+    "grad_norm": "gradient norm before clipping (last inner update)",
+    "lr": "learning rate",
+    "step_time_s": "wall time of the whole step",
+    "world_size": "number of training processes",
+}
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """Appends one JSON line per step to `<output_dir>/metrics.jsonl`, flushed at once.
+
+    On resume from step S, lines of steps after S (from the interrupted run) are dropped so the
+    file reads as one uninterrupted run."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True, resume_step: int | None = None):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.history: list[dict] = []
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in kept if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        elif self.path.exists():
+            self.path.unlink()
+
+    def log(self, step: int, metrics: dict) -> dict:
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.history.append(record)
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    def plot_rewards(self, key: str = "reward/mean") -> Path | None:
+        rows = [r for r in self.history if r.get(key) is not None]
+        if not self.enabled or not rows:
+            return None
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        out = self.path.with_name("reward_curve.png")
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def first_last_fraction(values: list[float], fraction: float = 0.2) -> tuple[float, float]:
+    """Mean of the first and of the last `fraction` of a curve (the demos' learning criterion)."""
+    k = max(1, int(len(values) * fraction))
+    return sum(values[:k]) / k, sum(values[-k:]) / k

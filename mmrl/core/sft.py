@@ -1,0 +1,44 @@
+"""Supervised warm-up before RL: teach the output format on the data's reference solutions.
+
+A recipe stage (config `sft:`), not a separate script: it runs on the prepared (DDP-wrapped) model
+with its own AdamW, each rank taking its share of every global batch.
+"""
+from __future__ import annotations
+
+import torch
+from accelerate.utils import DistributedType
+from tqdm.auto import tqdm
+
+from mmrl.core.losses import seq_mean_token_mean
+
+
+def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) -> list[float]:
+    """`cfg.sft.steps` steps of next-token cross-entropy on completions `sft.target_template`."""
+    s = cfg.sft
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise NotImplementedError("sft.steps > 0 is not supported under DeepSpeed; run the warm-up separately "
+                                  "and start RL from its checkpoint (sft.steps=0)")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if s.batch_size % world:
+        raise ValueError(f"sft.batch_size={s.batch_size} must be divisible by the {world} processes")
+    try:
+        targets = [s.target_template.format(**e) for e in examples]
+    except KeyError as e:
+        raise ValueError(f"sft.target_template refers to field {e} that the data rows lack") from None
+    generator = torch.Generator().manual_seed(cfg.trainer.seed + 1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    per_rank = s.batch_size // world
+    losses = []
+    model.train()
+    for _ in tqdm(range(s.steps), desc="sft warm-up", disable=not accelerator.is_local_main_process):
+        idx = torch.randint(len(examples), (s.batch_size,), generator=generator)[rank * per_rank:(rank + 1) * per_rank]
+        batch = adapter.encode([examples[i] for i in idx], [targets[i] for i in idx]).to(accelerator.device)
+        logp = adapter.log_probs(model, batch)
+        loss = seq_mean_token_mean(-logp, batch.completion_mask.to(logp.dtype))
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    accelerator.print(f"sft warm-up: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {s.steps} steps")
+    return losses

@@ -1,0 +1,1 @@
+from mmrl.text.adapter import CausalLMAdapter  # noqa: F401

@@ -1,0 +1,96 @@
+"""Causal-LM adapter: chat-templated prompts, HF generate, selective log-softmax scoring."""
+from __future__ import annotations
+
+import torch
+
+from mmrl.core.adapter import completion_mask_from_eos
+from mmrl.core.batch import RolloutBatch
+from mmrl.core.logprobs import selective_log_softmax
+
+
+class CausalLMAdapter:
+    """Any AutoModelForCausalLM with a chat-templated tokenizer.
+
+    Prompts are left padded; completions right padded. Log-probs are scored at the sampling
+    temperature (the distribution the completions were drawn from) with position ids derived
+    from the attention mask, exactly as `generate` computes them for left-padded rows."""
+
+    def __init__(self, tokenizer, max_prompt_length: int = 512, logprob_chunk_rows: int = 4,
+                 temperature: float = 1.0):
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.max_prompt_length = max_prompt_length
+        self.logprob_chunk_rows = logprob_chunk_rows
+        self.temperature = temperature
+        eos = tokenizer.eos_token_id
+        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
+
+    # ------------------------------------------------------------------ prompts
+    def prepare(self, example: dict) -> str:
+        prompt = example["prompt"]
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def _encode_prompts(self, examples: list[dict]):
+        texts = [self.prepare(e) for e in examples]
+        self.tokenizer.truncation_side = "left"
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_prompt_length,
+                             add_special_tokens=False, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def generate(self, model, examples: list[dict], group_size: int, rollout_cfg) -> RolloutBatch:
+        prompt_ids, prompt_mask = self._encode_prompts(examples)
+        device = next(model.parameters()).device
+        prompt_ids = prompt_ids.repeat_interleave(group_size, 0).to(device)
+        prompt_mask = prompt_mask.repeat_interleave(group_size, 0).to(device)
+        was_training = model.training
+        model.eval()
+        out = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
+            temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k,
+            max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True)
+        model.train(was_training)
+        completion_ids = out[:, prompt_ids.shape[1]:]
+        completion_mask = completion_mask_from_eos(completion_ids, self.eos_token_ids)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        group_ids = torch.arange(len(examples)).repeat_interleave(group_size)
+        return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(),
+                            completion_ids=completion_ids.cpu(), completion_mask=completion_mask.cpu(),
+                            group_ids=group_ids, examples=[e for e in examples for _ in range(group_size)],
+                            completions_text=texts)
+
+    def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
+        prompt_ids, prompt_mask = self._encode_prompts(examples)
+        eos = self.eos_token_ids[0]
+        seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in completions]
+        width = max(len(s) for s in seqs)
+        completion_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        completion_mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            completion_ids[i, :len(s)] = torch.tensor(s)
+            completion_mask[i, :len(s)] = 1
+        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
+                            examples=list(examples), completions_text=list(completions))
+
+    # ------------------------------------------------------------------ scoring
+    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+        input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+        attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        n_completion = batch.completion_ids.shape[1]
+        # Only the completion positions need the LM head: logits_to_keep skips the prompt's.
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return selective_log_softmax(logits, batch.completion_ids, chunk_rows=self.logprob_chunk_rows,
+                                     with_entropy=with_entropy)
+
+    def save_pretrained(self, directory) -> None:
+        self.tokenizer.save_pretrained(directory)
