@@ -63,6 +63,15 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
         return record
 
+    def summary(self, fraction: float = 0.2) -> str:
+        """Mean of each reward metric over the first and last `fraction` of the logged steps."""
+        keys = [k for k in (self.history[-1] if self.history else {}) if k.startswith("reward/") and k.endswith("mean")]
+        lines = [f"reward summary over {len(self.history)} steps (first {fraction:.0%} -> last {fraction:.0%}):"]
+        for key in keys:
+            first, last = first_last_fraction([r[key] for r in self.history if r.get(key) is not None], fraction)
+            lines.append(f"  {key}: {first:.3f} -> {last:.3f} ({last - first:+.3f})")
+        return "\n".join(lines)
+
     def plot_rewards(self, key: str = "reward/mean") -> Path | None:
         rows = [r for r in self.history if r.get(key) is not None]
         if not self.enabled or not rows:

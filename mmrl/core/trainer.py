@@ -268,6 +268,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     progress.close()
     if accelerator.is_main_process:
         metrics_log.plot_rewards()
+        accelerator.print(metrics_log.summary())
     accelerator.wait_for_everyone()
     return metrics_log
 

@@ -1,0 +1,21 @@
+from pathlib import Path
+
+from mmrl.config import load_config
+from mmrl.core.trainer import train
+from mmrl.data import load_examples
+from mmrl.models.loading import load_causal_lm, prepare_for_training
+from mmrl.text import CausalLMAdapter
+
+ROOT = Path(__file__).parents[2]
+TINY = ROOT / "configs" / "tiny_text_grpo.yaml"
+FAST = ["sft.steps=5", "trainer.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=6",
+        "trainer.log_every=1000", "data.synthetic.num_examples=32"]
+
+
+def run_text(output_dir, *overrides):
+    cfg = load_config(TINY, [*FAST, f"output_dir={output_dir}", *overrides])
+    model, tok = load_causal_lm(cfg.model, seed=cfg.trainer.seed)
+    model = prepare_for_training(model, cfg.model)
+    adapter = CausalLMAdapter(tok, temperature=cfg.rollout.temperature)
+    log = train(cfg, adapter, model, load_examples(cfg.data))
+    return log, model
