@@ -71,6 +71,28 @@ def leave_one_out_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> 
     return torch.where(n > 1, adv, torch.zeros_like(adv)).to(rewards.dtype)
 
 
+@ADVANTAGES.register("ngrpo")
+def max_reward_calibrated_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, r_max: float = 1.0,
+                                     num_virtual: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    """NGRPO advantage calibration (arXiv 2509.18851, sec. 3.1; official code
+    nangongrui-ngr/NGRPO `compute_ngrpo_outcome_advantage`):
+
+    R' = R_group + {r_max} x num_virtual;  A_i = (r_i - mean R') / (std_u R' + eps).
+    The virtual samples enter the statistics only, so all-wrong groups get negative, non-zero
+    advantages; all-r_max groups still get 0. rewards, group_ids: [N] -> [N]."""
+    mean, std, n, _ = group_stats(rewards, group_ids)
+    k = float(num_virtual)
+    r = rewards.double()
+    aug_n = n + k
+    aug_mean = (mean * n + k * r_max) / aug_n
+    # sum of squares about the augmented mean = (n-1) std^2 + n (mean - aug_mean)^2 + k (r_max - aug_mean)^2
+    sq = (n - 1) * std ** 2 + n * (mean - aug_mean) ** 2 + k * (r_max - aug_mean) ** 2
+    aug_std = (sq / (aug_n - 1)).sqrt()
+    adv = (r - aug_mean) / (aug_std + eps)
+    keep = (n > 1) & (aug_std > 1e-12)
+    return torch.where(keep, adv, torch.zeros_like(adv)).to(rewards.dtype)
+
+
 def compute(name: str, rewards: torch.Tensor, group_ids: torch.Tensor,
             reward_weights: list[float] | None = None, **params) -> torch.Tensor:
     """Advantages [N] from rewards [N] or [N, K] with the estimator registered as `name`."""

@@ -118,6 +118,20 @@ def sequence_clipped_loss(logp, old_logp, advantages, mask, eps: float = 3e-4, e
     return seq_loss[:, None].expand_as(logp), _clip_stats(seq_ratio, advantages, low, high, seq_mask)
 
 
+@LOSSES.register("sapo")
+def soft_gated_loss(logp, old_logp, advantages, mask, tau_pos: float = 1.0, tau_neg: float = 1.05):
+    """SAPO (Soft Adaptive Policy Optimization, arXiv 2511.20347, eq. 6-8): a sigmoid gate instead of
+    the hard clip.  f(r) = 4/tau * sigmoid(tau (r - 1));  l = -f(r) A;  tau = tau_pos if A > 0 else tau_neg.
+
+    d f / d r = 4 s (1 - s) equals 1 at r = 1 (on-policy it is the plain policy gradient) and decays
+    smoothly off-policy. Nothing is clipped, so the clip stats are 0. Returns (token_loss [B, T], stats)."""
+    ratio = torch.exp(logp - old_logp)
+    adv = _broadcast(advantages, logp)
+    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    gate = 4.0 / tau * torch.sigmoid(tau * (ratio - 1.0))
+    return -gate * adv, _clip_stats(ratio, adv, -float("inf"), float("inf"), mask)
+
+
 def compute(name: str, logp, old_logp, advantages, mask, ref_logp=None, *,
             aggregation: str = "seq-mean-token-mean", beta: float = 0.0, kl_estimator: str = "k3",
             token_weights: torch.Tensor | None = None, max_len: int | None = None,

@@ -62,3 +62,15 @@ def test_every_registered_estimator_runs_through_compute(name):
     g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     a = advantages.compute(name, r, g)
     assert a.shape == (8,) and torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("rewards,expected", [
+    ([1.0, 0, 0, 1], [0.7303, -1.0954, -1.0954, 0.7303]),  # R' = [1,0,0,1,1]: mean 0.6, std_u 0.5477
+    ([0.0, 0, 0, 0], [-0.4472] * 4),                       # all wrong: negative, not 0
+    ([0.0] * 8, [-0.3333] * 8),
+    ([1.0, 1, 1, 1], [0.0] * 4),                           # all correct: still 0
+])
+def test_ngrpo_virtual_max_reward_sample(rewards, expected):
+    r = torch.tensor(rewards)
+    a = advantages.compute("ngrpo", r, torch.zeros(len(r), dtype=torch.long))
+    torch.testing.assert_close(a, torch.tensor(expected), atol=1e-4, rtol=0)

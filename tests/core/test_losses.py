@@ -162,3 +162,24 @@ def test_unknown_loss_and_aggregation_name_valid_choices():
         losses.compute("ppo2", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1))
     with pytest.raises(KeyError, match="token-mean"):
         losses.compute("grpo", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), aggregation="x")
+
+
+def _sapo(r, adv, **kw):
+    logp = torch.tensor([[math.log(r)]], dtype=torch.float64, requires_grad=True)
+    loss, stats = losses.compute("sapo", logp, torch.zeros(1, 1, dtype=torch.float64),
+                                 torch.tensor([adv], dtype=torch.float64), torch.ones(1, 1), **kw)
+    (g,) = torch.autograd.grad(loss, logp)
+    return loss.item(), g.item() / r, stats  # d loss / d r = (d loss / d logp) / r
+
+
+def test_sapo_soft_gate_hand_computed():
+    # A=+1, r=1.5, tau=1: f = 4 sigmoid(0.5) = 2.4898, df/dr = 4 s (1 - s) = 0.9400 (a hard clip gives 0)
+    loss, dloss_dr, stats = _sapo(1.5, 1.0)
+    assert loss == pytest.approx(-2.4898, abs=1e-4) and dloss_dr == pytest.approx(-0.9400, abs=1e-4)
+    assert stats["clip_frac"] == 0
+    assert _sapo(2.0, 1.0)[1] == pytest.approx(-0.7864, abs=1e-4)
+    # A=-1 uses tau_neg = 1.05: weight 4 s (1 - s) with s = sigmoid(0.525) -> 0.9341
+    assert _sapo(1.5, -1.0)[1] == pytest.approx(0.9341, abs=1e-4)
+    # on-policy: f(1) = 2 / tau and the gradient equals the plain policy gradient
+    loss, dloss_dr, _ = _sapo(1.0, -1.0)
+    assert loss == pytest.approx(2 / 1.05) and dloss_dr == pytest.approx(1.0)
