@@ -40,7 +40,7 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     return path
 
 
-def save(accelerator, output_dir, step: int, model, adapter, run_state: dict, config_dict: dict,
+def save(accelerator, output_dir, step: int, model, adapter, config_dict: dict,
          save_hf_model: bool = True, keep: int = 2) -> Path:
     """Write checkpoint `step` atomically; every rank must call it."""
     final = checkpoint_dir(output_dir, step)
@@ -55,7 +55,7 @@ def save(accelerator, output_dir, step: int, model, adapter, run_state: dict, co
             accelerator.unwrap_model(model).save_pretrained(tmp / "model", state_dict=state_dict)
             adapter.save_pretrained(tmp / "model")
     if accelerator.is_main_process:
-        (tmp / "run_state.yaml").write_text(yaml.safe_dump({"step": step, **run_state}))
+        (tmp / "run_state.yaml").write_text(yaml.safe_dump({"step": step}))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
         if final.exists():
             shutil.rmtree(final)
@@ -67,6 +67,6 @@ def save(accelerator, output_dir, step: int, model, adapter, run_state: dict, co
 
 
 def load(accelerator, path: Path) -> dict:
-    """Restore what `save` wrote into the prepared objects; returns run_state (with `step`)."""
+    """Restore what `save` wrote into the prepared and registered objects; returns {'step': ...}."""
     accelerator.load_state(str(path))
     return yaml.safe_load((path / "run_state.yaml").read_text())

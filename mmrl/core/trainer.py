@@ -263,7 +263,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
             progress.write(format_metrics(record))
         last = step + 1 == cfg.trainer.max_steps
         if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
-            checkpoint.save(accelerator, cfg.output_dir, step + 1, model, adapter, {}, asdict(cfg),
+            checkpoint.save(accelerator, cfg.output_dir, step + 1, model, adapter, asdict(cfg),
                             save_hf_model=cfg.trainer.save_hf_model, keep=cfg.trainer.save_total_limit)
     progress.close()
     if accelerator.is_main_process:

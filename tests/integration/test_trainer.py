@@ -70,6 +70,7 @@ def test_lora_gradient_checkpointing_and_bf16_autocast(tmp_path):
     (["algorithm.loss_params={epsilon: 0.2}"], "algorithm.loss_params.epsilon"),
     (["algorithm.advantage=nope"], "unknown advantage estimator 'nope'"),
     (["rewards=[{name: accuracy, weight: 1.0}]"], "unknown reward function 'accuracy'"),
+    (["resume_from=/nonexistent/step_000002"], "not an mmrl checkpoint"),
 ])
 def test_bad_config_fails_before_training(tmp_path, override, message):
     with pytest.raises((ValueError, KeyError), match=message):
