@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from mmrl.config import ModelConfig
 from mmrl.core.metrics import METRICS
