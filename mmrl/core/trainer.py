@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import math
 import os
 import time
@@ -23,14 +22,12 @@ from tqdm.auto import tqdm
 from mmrl.core import advantages as advantage_estimators
 from mmrl.core import checkpoint, losses
 from mmrl.core.adapter import assert_adapter
-from mmrl.core.advantages import group_stats
+from mmrl.core.advantages import combine_rewards, group_stats
 from mmrl.core.batch import RolloutBatch
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.samplers import UniformSampler
 from mmrl.core.sft import supervised_warmup
 from mmrl.rewards import REWARDS, score
-
-log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -123,7 +120,7 @@ def score_and_advantage(cfg, batch: RolloutBatch) -> dict:
     a = cfg.algorithm
     batch.advantages = advantage_estimators.compute(a.advantage, rewards, batch.group_ids,
                                                     reward_weights=weights, **a.advantage_params)
-    total = advantage_estimators.combine_rewards(rewards, weights)
+    total = combine_rewards(rewards, weights)
     _, _, _, spread = group_stats(total, batch.group_ids)
     first_rows = torch.ones_like(batch.group_ids, dtype=torch.bool)
     first_rows[1:] = batch.group_ids[1:] != batch.group_ids[:-1]
@@ -147,7 +144,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
 
     Aggregation denominators are those of the whole optimizer batch on all ranks (divided by the
     number of ranks, since DDP averages gradients), so the update does not depend on how the batch
-    is split into micro-batches or processes."""
+    is split into micro-batches or processes. `batch` must already be on the accelerator's device."""
     a, t = cfg.algorithm, cfg.trainer
     world = accelerator.num_processes
     totals = accelerator.reduce(torch.tensor([float(len(batch)), float(batch.completion_mask.sum())],
@@ -158,7 +155,6 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     for iteration in range(a.num_iterations):
         loss_total = 0.0
         for k, mb in enumerate(chunks):
-            mb = mb.to(accelerator.device)
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
                 logp, entropy = adapter.log_probs(model, mb, with_entropy=True)
@@ -185,7 +181,7 @@ def gather_step_metrics(accelerator, batch: RolloutBatch, weights: list[float], 
     """Step metrics over all ranks (rewards and lengths gathered; per-rank stats averaged)."""
     device = accelerator.device
     rewards = accelerator.gather(batch.rewards.to(device))
-    total = rewards @ torch.tensor(weights, device=device)
+    total = combine_rewards(rewards, weights)
     lengths = accelerator.gather(batch.completion_lengths.float().to(device))
     adv = accelerator.gather(batch.advantages.float().to(device))
     counted = ("reward_errors", "degenerate_groups", "groups")

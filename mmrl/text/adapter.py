@@ -19,6 +19,7 @@ class CausalLMAdapter:
                  temperature: float = 1.0):
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
+        self.tokenizer.truncation_side = "left"  # over-long prompts lose their beginning, not the question
         self.max_prompt_length = max_prompt_length
         self.logprob_chunk_rows = logprob_chunk_rows
         self.temperature = temperature
@@ -34,7 +35,6 @@ class CausalLMAdapter:
 
     def _encode_prompts(self, examples: list[dict]):
         texts = [self.prepare(e) for e in examples]
-        self.tokenizer.truncation_side = "left"
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_prompt_length,
                              add_special_tokens=False, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
