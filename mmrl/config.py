@@ -100,6 +100,16 @@ class AlgorithmConfig:
     beta: float = 0.0  # KL weight; > 0 keeps a frozen reference model
     kl_estimator: str = "k3"
     num_iterations: int = 1  # mu: policy updates per rollout batch
+    token_weighting: str | None = None  # gtpo | entropy_topk (mmrl/core/weighting.py)
+    token_weighting_params: dict = field(default_factory=dict)
+    llds_coef: float = 0.0  # LLDS likelihood-preserving regulariser weight (0 = off)
+    llds_nonneg_advantage: bool = True  # LLDS protects only responses with A >= 0
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "uniform"  # uniform | dynamic_filter | vade | spo_priority | knapsack (mmrl/core/samplers.py)
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -145,6 +155,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -239,13 +250,16 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=Config):
-    """Load `path` (yaml) into `cls`, then apply `key=value` overrides (values parsed as yaml)."""
+def load_config(path: str | Path | list | None = None, overrides: list[str] = (), cls=Config):
+    """Load `path` (a yaml file, or several merged in order: a base recipe, then method overlays
+    such as configs/methods/gdpo.yaml) into `cls`, then apply `key=value` overrides (values parsed
+    as yaml)."""
     tree = to_dict(cls())
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for p in paths:
+        loaded = yaml.safe_load(Path(p).read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level of a config must be a mapping")
+            raise ConfigError(f"{p}: the top level of a config must be a mapping")
         _merge(tree, loaded)
     for item in overrides:
         if "=" not in item:
@@ -266,9 +280,10 @@ def _parse_value(raw: str):
 
 
 def _merge(base: dict, new: dict) -> None:
-    """Recursive update; lists and scalars in `new` replace those in `base`."""
+    """Recursive update; lists and scalars in `new` replace those in `base`, and so do free-form
+    parameter mappings (`params`, `*_params`): an overlay's loss_params are the loss's whole set."""
     for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and not key.endswith("params"):
             _merge(base[key], value)
         else:
             base[key] = value

@@ -15,7 +15,9 @@ from mmrl.text import CausalLMAdapter
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="recipe yaml under configs/")
+    parser.add_argument("--config", required=True, action="append",
+                        help="recipe yaml under configs/; repeat to overlay a method, e.g. "
+                             "--config configs/tiny_text_grpo.yaml --config configs/methods/gdpo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=20")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

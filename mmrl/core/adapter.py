@@ -12,9 +12,9 @@ class ModalityAdapter(Protocol):
     def prepare(self, example: dict):
         """Model inputs for one prompt (chat template, image/video loading)."""
 
-    def generate(self, model, examples: list[dict], group_size: int, rollout_cfg) -> RolloutBatch:
-        """`group_size` sampled completions per example, grouped consecutively; fills
-        completions_text and examples (one per row)."""
+    def generate(self, model, examples: list[dict], group_size: int | list[int], rollout_cfg) -> RolloutBatch:
+        """`group_size` sampled completions per example (or group_size[i] for example i: groups may
+        differ in size), grouped consecutively; fills completions_text and examples (one per row)."""
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
         """Teacher-forced batch of given completions (supervised warm-up, scoring references)."""
@@ -38,3 +38,12 @@ def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_ids: list[i
     is_eos = torch.isin(completion_ids, torch.as_tensor(eos_token_ids, device=completion_ids.device))
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
     return (~after_eos).long()
+
+
+def group_sizes(group_size: int | list[int], num_examples: int) -> torch.Tensor:
+    """[num_examples] completions per example from an int or a per-example list."""
+    if isinstance(group_size, int):
+        return torch.full((num_examples,), group_size, dtype=torch.long)
+    if len(group_size) != num_examples or min(group_size) < 1:
+        raise ValueError(f"group sizes {group_size} do not give >= 1 completion to each of {num_examples} examples")
+    return torch.as_tensor(group_size, dtype=torch.long)

@@ -19,6 +19,7 @@ class RolloutBatch:
     prompt_ids / prompt_mask:         [N, P]  left padded (mask 0 on padding)
     completion_ids / completion_mask: [N, C]  right padded; mask 1 up to and including EOS
     group_ids:                        [N]     int, equal within a prompt group
+    example_index:                    [N]     the dataset index of the row's prompt (set by the trainer)
     rewards:                          [N, K]  one column per reward function, named by reward_names
     old_logp / ref_logp:              [N, C]  behaviour-policy and reference log-probs (or None)
     token_weights:                    [N, C]  optional per-token weights (TW-GRPO, GTPO, ...)
@@ -32,6 +33,7 @@ class RolloutBatch:
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     group_ids: torch.Tensor
+    example_index: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     reward_names: list[str] = field(default_factory=list)
     old_logp: torch.Tensor | None = None
@@ -87,10 +89,54 @@ class RolloutBatch:
         rows = torch.nonzero(torch.isin(self.group_ids, mine)).squeeze(-1)
         return self.select(rows)
 
-    def micro_batches(self, num: int) -> list["RolloutBatch"]:
-        """Split into `num` consecutive micro-batches of equal row count."""
-        if len(self) % num:
-            raise ValueError(f"batch of {len(self)} rows does not split into {num} equal micro-batches; "
-                             "change trainer.gradient_accumulation_steps")
-        size = len(self) // num
-        return [self.select(slice(i * size, (i + 1) * size)) for i in range(num)]
+    def micro_batches(self, num: int, whole_groups: bool = False) -> list["RolloutBatch"]:
+        """Split into `num` consecutive micro-batches of (nearly) equal row count; with `whole_groups`
+        the cuts fall between groups (losses that compare completions of a group need that)."""
+        if whole_groups:
+            starts = torch.nonzero(torch.cat([torch.tensor([True]), self.group_ids[1:] != self.group_ids[:-1]]))
+            starts = starts.flatten().tolist()
+            if len(starts) < num:
+                raise ValueError(f"{len(starts)} groups do not split into {num} micro-batches of whole groups; "
+                                 "lower trainer.gradient_accumulation_steps")
+            bounds = [starts[len(starts) * k // num] for k in range(num)] + [len(self)]
+        else:
+            if len(self) < num:
+                raise ValueError(f"batch of {len(self)} rows does not split into {num} micro-batches; "
+                                 "lower trainer.gradient_accumulation_steps")
+            bounds = [len(self) * k // num for k in range(num + 1)]
+        return [self.select(slice(bounds[k], bounds[k + 1])) for k in range(num)]
+
+    @staticmethod
+    def concat(batches: list["RolloutBatch"]) -> "RolloutBatch":
+        """Rows of several batches in order (prompts re-padded on the left, completions on the right);
+        group ids are renumbered so groups of different batches stay distinct."""
+        def pad(tensors, left):
+            width = max(t.shape[1] for t in tensors)
+            out = []
+            for t in tensors:
+                fill = t.new_zeros(t.shape[0], width - t.shape[1])
+                out.append(torch.cat([fill, t] if left else [t, fill], 1))
+            return torch.cat(out)
+
+        offset, group_ids = 0, []
+        for b in batches:
+            _, inverse = torch.unique_consecutive(b.group_ids, return_inverse=True)
+            group_ids.append(inverse + offset)
+            offset += int(inverse.max()) + 1 if len(b) else 0
+        first = batches[0]
+        optional = {}
+        for name in ("example_index", "rewards", "advantages"):
+            values = [getattr(b, name) for b in batches]
+            optional[name] = torch.cat(values) if all(v is not None for v in values) else None
+        for name in ("old_logp", "ref_logp", "token_weights"):
+            values = [getattr(b, name) for b in batches]
+            optional[name] = pad(values, left=False) if all(v is not None for v in values) else None
+        return dataclasses.replace(
+            first, prompt_ids=pad([b.prompt_ids for b in batches], True),
+            prompt_mask=pad([b.prompt_mask for b in batches], True),
+            completion_ids=pad([b.completion_ids for b in batches], False),
+            completion_mask=pad([b.completion_mask for b in batches], False),
+            group_ids=torch.cat(group_ids), **optional,
+            extras={k: torch.cat([b.extras[k] for b in batches]) for k in first.extras},
+            examples=[e for b in batches for e in b.examples],
+            completions_text=[t for b in batches for t in b.completions_text])

@@ -6,6 +6,9 @@ key. Shapes: logp, old_logp, ref_logp, mask, token_weights: [B, T]; advantages: 
 """
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
 
 from mmrl.core.registry import Registry
@@ -89,16 +92,31 @@ def _clip_stats(ratio, adv, low, high, mask) -> dict:
 
 
 @LOSSES.register("grpo")
-def clipped_token_loss(logp, old_logp, advantages, mask, eps: float = 0.2, eps_high: float | None = None):
+def clipped_token_loss(logp, old_logp, advantages, mask, eps: float = 0.2, eps_high: float | None = None,
+                       eps_pos: float | None = None, eps_neg: float | None = None):
     """PPO-clip per token (GRPO, DeepSeekMath eq. 3; clip-higher from DAPO eq. 10):
 
     r = exp(logp - old_logp);  l = -min(r A, clip(r, 1 - eps, 1 + eps_high) A),  eps_high defaults to eps.
+    Asymmetric clipping by advantage sign (NGRPO, arXiv 2509.18851, sec. 3.2): `eps_pos` is the clip
+    range of tokens with A > 0 and `eps_neg` of tokens with A < 0, each clip(r, 1 -+ eps_sign).
+    Since only the upper bound binds when A > 0 and only the lower when A < 0, this is the same
+    update as eps_high = eps_pos, eps = eps_neg (NGRPO's script: eps_neg 0.16, eps_pos 0.24).
     Returns (token_loss [B, T], stats)."""
-    eps_high = eps if eps_high is None else eps_high
+    if (eps_pos is None) != (eps_neg is None):
+        raise ValueError("loss_params: set both eps_pos and eps_neg (NGRPO asymmetric clipping), or neither")
     ratio = torch.exp(logp - old_logp)
     adv = _broadcast(advantages, logp)
-    low, high = 1.0 - eps, 1.0 + eps_high
-    token_loss = -torch.minimum(ratio * adv, ratio.clamp(low, high) * adv)
+    if eps_pos is not None:
+        if eps_high is not None:
+            raise ValueError("loss_params: eps_pos/eps_neg replace eps/eps_high; set one pair only")
+        width = torch.where(adv > 0, torch.full_like(adv, eps_pos), torch.full_like(adv, eps_neg))
+        low, high = 1.0 - width, 1.0 + width
+    else:
+        eps_high = eps if eps_high is None else eps_high
+        low, high = 1.0 - eps, 1.0 + eps_high
+    clipped = torch.minimum(torch.maximum(ratio, torch.as_tensor(low, dtype=ratio.dtype)),
+                            torch.as_tensor(high, dtype=ratio.dtype))
+    token_loss = -torch.minimum(ratio * adv, clipped * adv)
     return token_loss, _clip_stats(ratio, adv, low, high, mask)
 
 
@@ -132,26 +150,132 @@ def soft_gated_loss(logp, old_logp, advantages, mask, tau_pos: float = 1.0, tau_
     return -gate * adv, _clip_stats(ratio, adv, -float("inf"), float("inf"), mask)
 
 
+@LOSSES.register("cispo")
+def clipped_is_weight_loss(logp, old_logp, advantages, mask, eps_low: float = 1.0, eps_high: float = 0.28):
+    """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4-5): clip the importance weight, not the update.
+
+    l = -sg(clip(r, 1 - eps_low, 1 + eps_high)) A log pi(y_t). Every token keeps a gradient (a
+    clipped ratio only caps its weight); the paper sets no lower bound (eps_low = 1) and tunes eps_high.
+    Use with token-mean aggregation as in the paper. Returns (token_loss [B, T], stats)."""
+    ratio = torch.exp(logp - old_logp)
+    adv = _broadcast(advantages, logp)
+    low, high = 1.0 - eps_low, 1.0 + eps_high
+    weight = ratio.clamp(low, high).detach()
+    stats = _clip_stats(ratio, adv, low, high, mask)
+    stats["clip_frac"] = masked_mean(((ratio > high) | (ratio < low)).float(), mask)
+    return -weight * adv * logp, stats
+
+
+@LOSSES.register("disco")
+def discriminative_loss(logp, old_logp, advantages, mask, group_ids, num_groups=None, num_tokens=None,
+                        score: str = "log_l", tau: float | None = None, dro: bool = True,
+                        delta: float = 1e-4, constraint_beta: float = 1e3):
+    """DisCO (Discriminative Constrained Optimization, arXiv 2505.12366, eq. 10-13; official code
+    Optimization-AI/DisCO `compute_policy_loss_disco_logL` / `_Lratio` / `_discob_*`).
+
+    Per question q with correct answers O+ and incorrect O- (here: the completions with positive /
+    negative advantage, which for a binary reward and any mean-centred estimator are exactly the
+    correct / incorrect answers of a mixed group; other groups contribute 0 and still count in the
+    denominator):
+      DisCO-b (dro=False): J_q = mean_{O+} s - mean_{O-} s
+      DisCO   (dro=True):  J_q = mean_{O+} s - tau log mean_{O-} exp(s / tau)
+    with the score s(o) = 1/|o| sum_t log pi(o_t) ('log_l', tau 10) or 1/|o| sum_t r_t ('l_ratio', tau 1).
+    loss = -(1/N_q) sum_q J_q + [b (KL - delta)]_+ KL,   KL = token-mean (log pi_old - log pi), b = constraint_beta,
+    whose gradient is that of the paper's (b/2) [KL - delta]_+^2 (the code's form). The
+    constraint coefficient uses this micro-batch's KL (detached). No clipping, no advantage scaling.
+    Needs whole groups in each micro-batch. Returns (scalar loss, stats)."""
+    if score not in ("log_l", "l_ratio"):
+        raise ValueError(f"loss_params.score: '{score}' is not 'log_l' or 'l_ratio'")
+    tau = (10.0 if score == "log_l" else 1.0) if tau is None else tau
+    if advantages.dim() != 1:
+        raise ValueError("disco takes sequence-level advantages [B]")
+    values = logp if score == "log_l" else torch.exp(logp - old_logp)
+    scores = masked_mean(values, mask, dim=-1)
+    objective = scores.new_zeros(())
+    contrastive = 0
+    for g in torch.unique(group_ids):
+        rows = group_ids == g
+        pos, neg = scores[rows & (advantages > 0)], scores[rows & (advantages < 0)]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        contrastive += 1
+        if dro:
+            neg_term = tau * (torch.logsumexp(neg / tau, 0) - math.log(len(neg)))
+        else:
+            neg_term = neg.mean()
+        objective = objective + pos.mean() - neg_term
+    groups = len(torch.unique(group_ids)) if num_groups is None else num_groups
+    kl_tokens = (old_logp - logp) * mask
+    kl_local = kl_tokens.sum() / mask.sum().clamp(min=1)
+    coefficient = torch.clamp(constraint_beta * (kl_local.detach() - delta), min=0.0)
+    kl_share = kl_tokens.sum() / (mask.sum() if num_tokens is None else num_tokens)
+    loss = -objective / groups + coefficient * kl_share
+    stats = {"disco/objective": objective.detach() / groups, "disco/kl": kl_local.detach(),
+             "disco/constraint_coef": coefficient, "disco/contrastive_groups": torch.tensor(float(contrastive))}
+    return loss, stats
+
+
+discriminative_loss.whole_groups = True
+
+
+def likelihood_displacement_penalty(logp, old_logp, mask, advantages, nonneg_advantage: bool = True):
+    """LLDS regulariser (On GRPO Collapse in Search-R1, arXiv 2512.04220, sec. 4; official code not
+    public, gating as in the public verl port): active only on responses whose mean log-likelihood
+    fell below the behaviour policy's, and there only on the tokens whose likelihood fell:
+
+    L = sum_{i,t} g_i g_{i,t} (log pi_old - log pi) / sum_{i,t} g_i g_{i,t},
+    g_i = 1[mean_t log pi < mean_t log pi_old] (and A_i >= 0 if `nonneg_advantage`), g_{i,t} = 1[log pi < log pi_old].
+    On-policy (the first update on a batch) it is 0. Returns (penalty, number of active tokens)."""
+    fell = masked_mean(logp.detach(), mask, -1) < masked_mean(old_logp, mask, -1)
+    if nonneg_advantage:
+        seq_adv = advantages if advantages.dim() == 1 else masked_mean(advantages, mask, -1)
+        fell = fell & (seq_adv >= 0)
+    gate = fell[:, None] & (logp.detach() < old_logp) & mask.bool()
+    active = gate.sum()
+    return ((old_logp - logp) * gate).sum() / active.clamp(min=1), active
+
+
+CONTEXT_ARGS = ("group_ids", "num_groups", "num_tokens")
+
+
 def compute(name: str, logp, old_logp, advantages, mask, ref_logp=None, *,
             aggregation: str = "seq-mean-token-mean", beta: float = 0.0, kl_estimator: str = "k3",
             token_weights: torch.Tensor | None = None, max_len: int | None = None,
-            num_seqs: float | None = None, num_tokens: float | None = None, **params):
+            num_seqs: float | None = None, num_tokens: float | None = None,
+            group_ids: torch.Tensor | None = None, num_groups: float | None = None,
+            llds_coef: float = 0.0, llds_nonneg_advantage: bool = True, **params):
     """Scalar loss and stats for the policy loss registered as `name`.
 
-    loss = aggregate(w * (l_policy + beta * KL_est(logp, ref_logp)), mask); KL is added per token
-    (DeepSeekMath), not folded into the reward. `num_seqs` / `num_tokens` are the whole optimizer
-    batch's denominators (see the aggregations), which makes the gradient independent of how the
-    batch is split over micro-batches and ranks."""
+    loss = aggregate(w * (l_policy + beta * KL_est(logp, ref_logp)), mask) + llds_coef * L_LLDS;
+    KL is added per token (DeepSeekMath), not folded into the reward. `num_seqs` / `num_tokens` /
+    `num_groups` are the whole optimizer batch's denominators (see the aggregations), which makes
+    the gradient independent of how the batch is split over micro-batches and ranks. A loss that
+    returns a scalar (disco) is already normalised and takes no KL term or token weights."""
     mask = mask.to(logp.dtype)
-    token_loss, stats = LOSSES.get(name)(logp, old_logp, advantages, mask, **params)
-    if ref_logp is not None:
-        kl = KL_ESTIMATORS.get(kl_estimator)(logp, ref_logp)
-        stats["kl"] = masked_mean(kl.detach(), mask)
-        if beta > 0:
-            token_loss = token_loss + beta * kl
-    elif beta > 0:
-        raise ValueError("beta > 0 needs ref_logp (the trainer keeps a reference model when beta > 0)")
-    if token_weights is not None:
-        token_loss = token_loss * token_weights
-    loss = AGGREGATIONS.get(aggregation)(token_loss, mask, num_seqs=num_seqs, num_tokens=num_tokens, max_len=max_len)
-    return loss, {k: v.detach() for k, v in stats.items()}
+    fn = LOSSES.get(name)
+    accepted = inspect.signature(fn).parameters
+    context = {"group_ids": group_ids, "num_groups": num_groups, "num_tokens": num_tokens}
+    token_loss, stats = fn(logp, old_logp, advantages, mask,
+                           **{k: v for k, v in context.items() if k in accepted}, **params)
+    if token_loss.dim() == 0:
+        if beta > 0 or token_weights is not None:
+            raise ValueError(f"loss '{name}' is a whole-sequence objective: it takes no KL term (beta) "
+                             "and no token weighting")
+        loss = token_loss
+    else:
+        if ref_logp is not None:
+            kl = KL_ESTIMATORS.get(kl_estimator)(logp, ref_logp)
+            stats["kl"] = masked_mean(kl.detach(), mask)
+            if beta > 0:
+                token_loss = token_loss + beta * kl
+        elif beta > 0:
+            raise ValueError("beta > 0 needs ref_logp (the trainer keeps a reference model when beta > 0)")
+        if token_weights is not None:
+            token_loss = token_loss * token_weights
+        loss = AGGREGATIONS.get(aggregation)(token_loss, mask, num_seqs=num_seqs, num_tokens=num_tokens,
+                                             max_len=max_len)
+    if llds_coef > 0:
+        penalty, active = likelihood_displacement_penalty(logp, old_logp, mask, advantages, llds_nonneg_advantage)
+        loss = loss + llds_coef * penalty
+        stats["llds/penalty"], stats["llds/active_tokens"] = penalty, active.float()
+    return loss, {k: torch.as_tensor(v).detach() for k, v in stats.items()}

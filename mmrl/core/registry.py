@@ -24,12 +24,15 @@ class Registry(dict):
         return self[name]
 
     def check_params(self, name: str, params: dict, where: str, skip: tuple[str, ...] = ()) -> None:
-        """Fail early (at config time) on a parameter the function does not take."""
+        """Fail early (at config time) on a parameter the function does not take (or that the
+        trainer supplies itself: `skip`)."""
         sig = inspect.signature(self.get(name))
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             return
         accepted = [p for p in sig.parameters if p not in skip]
         for key in params:
+            if key in skip:
+                raise ValueError(f"{where}.{key}: set by the trainer, not in the config")
             if key not in sig.parameters:
                 raise ValueError(f"{where}.{key}: {self.kind} '{name}' takes no parameter '{key}'; "
                                  f"valid: {accepted}")

@@ -1,11 +1,58 @@
-"""Prompt samplers with explicit state, identical on every rank (same seed, same draws)."""
+"""Prompt samplers: which prompts each step trains on and how many completions each gets.
+
+Every rank holds an identical sampler (same seed, and `update` is fed the batch gathered from all
+ranks), so all ranks draw the same global prompt list and each keeps its contiguous share.
+
+Protocol:
+  sample(n) -> list[int]                     the step's n global prompt indices
+  group_sizes(indices, group_size) -> list   completions per prompt (knapsack varies them)
+  update(indices, successes)                 after scoring: successes[j] lists the success values
+                                             in [0, 1] of prompt indices[j]'s completions
+  refill                                     True: degenerate groups are dropped and the batch is
+                                             refilled with new draws (DAPO dynamic sampling)
+  state_dict() / load_state_dict()           plain python values and tensors, saved in checkpoints
+"""
 from __future__ import annotations
 
+import inspect
+import math
+
+import numpy as np
 import torch
 
+from mmrl.core.registry import Registry
 
+SAMPLERS = Registry("prompt sampler")
+BUILT_IN_ARGS = ("num_prompts", "seed", "tracker")
+
+
+def build(name: str, num_prompts: int, seed: int = 0, params: dict | None = None, tracker=None):
+    """The sampler registered as `name`; `tracker` is the SPO tracker (spo_priority needs it)."""
+    cls = SAMPLERS.get(name)
+    kwargs = dict(params or {})
+    if "tracker" in inspect.signature(cls).parameters:
+        kwargs["tracker"] = tracker
+    return cls(num_prompts, seed=seed, **kwargs)
+
+
+class _NumpyRandom:
+    """A seeded numpy generator whose state is a dict of python ints (checkpoint friendly)."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+@SAMPLERS.register("uniform")
 class UniformSampler:
     """Shuffled passes (epochs) over the prompt set; each call returns the next `n` indices."""
+
+    refill = False
 
     def __init__(self, num_prompts: int, seed: int = 0):
         self.num_prompts = num_prompts
@@ -25,6 +72,12 @@ class UniformSampler:
             self.position += take
         return out
 
+    def group_sizes(self, indices: list[int], group_size: int) -> list[int]:
+        return [group_size] * len(indices)
+
+    def update(self, indices: list[int], successes: list[list[float]]) -> None:
+        """Uniform draws do not depend on outcomes."""
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": list(self.order),
                 "position": self.position, "epoch": self.epoch}
@@ -32,3 +85,230 @@ class UniformSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.order, self.position, self.epoch = list(state["order"]), state["position"], state["epoch"]
+
+
+@SAMPLERS.register("dynamic_filter")
+class DynamicFilterSampler(UniformSampler):
+    """DAPO dynamic sampling (arXiv 2503.14476, sec. 3.2, eq. 11; verl-recipe dapo/): groups whose
+    rewards are all equal (accuracy 0 or 1: zero advantage, no gradient) are dropped and new prompts
+    are drawn and rolled out until the step has `prompts_per_step` informative groups, for at most
+    `max_rounds` generation rounds (verl's max_num_gen_batches, 10 in the DAPO scripts). If the cap
+    is hit, the batch is topped up with degenerate groups (zero advantage) and the shortfall logged."""
+
+    refill = True
+
+    def __init__(self, num_prompts: int, seed: int = 0, max_rounds: int = 10):
+        super().__init__(num_prompts, seed)
+        if max_rounds < 1:
+            raise ValueError(f"sampler.params.max_rounds={max_rounds} must be >= 1")
+        self.max_rounds = max_rounds
+
+
+@SAMPLERS.register("vade")
+class VarianceAwareSampler:
+    """VADE (Variance-Aware Dynamic Sampling, arXiv 2511.18902, method figure; code not public).
+
+    Per prompt i a Beta(alpha_i + 1, beta_i + 1) posterior of its success probability (pseudo-counts
+    start at 0: a uniform prior). Each step draws p_i ~ posterior for every candidate (Thompson
+    sampling), scores I_i = p_i (1 - p_i)^2 (objective 'skewed', the paper's information gain, peak
+    at p = 1/3) or p_i (1 - p_i) ('variance', the paper's ablation, peak at 1/2) and takes the top n.
+    After the rollouts, with r_i successes out of G: selected prompts alpha <- l1 alpha + r,
+    beta <- l1 beta + (G - r) (fast adaptation, l1 = decay_selected); every other prompt decays
+    alpha, beta <- l2 alpha, l2 beta (slow forgetting, l2 = decay_unselected). `candidates`: draw
+    from a random pool of this many prompts each step (None: the whole set)."""
+
+    refill = False
+
+    def __init__(self, num_prompts: int, seed: int = 0, decay_selected: float = 0.2,
+                 decay_unselected: float = 0.999, objective: str = "skewed", candidates: int | None = None):
+        if objective not in ("skewed", "variance"):
+            raise ValueError(f"sampler.params.objective: '{objective}' is not 'skewed' or 'variance'")
+        self.num_prompts, self.objective, self.candidates = num_prompts, objective, candidates
+        self.decay_selected, self.decay_unselected = decay_selected, decay_unselected
+        self.alpha = np.zeros(num_prompts)
+        self.beta = np.zeros(num_prompts)
+        self.random = _NumpyRandom(seed)
+
+    def information(self, p: np.ndarray) -> np.ndarray:
+        return p * (1 - p) ** 2 if self.objective == "skewed" else p * (1 - p)
+
+    def sample(self, n: int) -> list[int]:
+        rng = self.random.rng
+        if self.candidates is None or self.candidates >= self.num_prompts:
+            pool = np.arange(self.num_prompts)
+        else:
+            pool = rng.choice(self.num_prompts, size=max(n, self.candidates), replace=False)
+        if n > len(pool):
+            raise ValueError(f"vade: {n} prompts per step but only {len(pool)} candidates")
+        p = rng.beta(self.alpha[pool] + 1, self.beta[pool] + 1)
+        order = np.argsort(-self.information(p), kind="stable")
+        return [int(i) for i in pool[order[:n]]]
+
+    def group_sizes(self, indices: list[int], group_size: int) -> list[int]:
+        return [group_size] * len(indices)
+
+    def update(self, indices: list[int], successes: list[list[float]]) -> None:
+        selected = np.zeros(self.num_prompts, dtype=bool)
+        selected[indices] = True
+        self.alpha[~selected] *= self.decay_unselected
+        self.beta[~selected] *= self.decay_unselected
+        for i, s in zip(indices, successes):
+            r = float(sum(s))
+            self.alpha[i] = self.decay_selected * self.alpha[i] + r
+            self.beta[i] = self.decay_selected * self.beta[i] + len(s) - r
+
+    def state_dict(self) -> dict:
+        return {"alpha": torch.from_numpy(self.alpha.copy()), "beta": torch.from_numpy(self.beta.copy()),
+                "random": self.random.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alpha, self.beta = state["alpha"].numpy().copy(), state["beta"].numpy().copy()
+        self.random.load_state_dict(state["random"])
+
+
+@SAMPLERS.register("spo_priority")
+class SPOPrioritySampler:
+    """SPO prioritized prompt sampling (arXiv 2509.13232, sec. 3.3; verl-recipe spo/): from a random
+    pool of `candidates` prompts (the official gen batch; None: the whole set), draw n without
+    replacement with probability proportional to w(x) = sqrt(p_hat (1 - p_hat)) + offset, p_hat the
+    SPO tracker's success estimate (prompts near 50% carry the most signal; the offset keeps
+    exploring the rest). Needs `algorithm.advantage: spo`, whose tracker it reads."""
+
+    refill = False
+
+    def __init__(self, num_prompts: int, seed: int = 0, tracker=None, candidates: int | None = None,
+                 offset: float = 0.05):
+        if tracker is None:
+            raise ValueError("sampler 'spo_priority' reads the SPO tracker: set algorithm.advantage: spo")
+        self.num_prompts, self.tracker, self.candidates, self.offset = num_prompts, tracker, candidates, offset
+        self.random = _NumpyRandom(seed)
+
+    def weights(self, indices) -> np.ndarray:
+        p = np.array([self.tracker.value(int(i)) for i in indices])
+        return np.sqrt(p * (1 - p)) + self.offset
+
+    def sample(self, n: int) -> list[int]:
+        rng = self.random.rng
+        size = self.num_prompts if self.candidates is None else min(self.num_prompts, max(n, self.candidates))
+        pool = rng.choice(self.num_prompts, size=size, replace=False)
+        w = self.weights(pool)
+        chosen = rng.choice(pool, size=n, replace=n > len(pool), p=w / w.sum())
+        return [int(i) for i in chosen]
+
+    def group_sizes(self, indices: list[int], group_size: int) -> list[int]:
+        return [group_size] * len(indices)
+
+    def update(self, indices: list[int], successes: list[list[float]]) -> None:
+        """The tracker is updated by the spo estimator; the sampler only reads it."""
+
+    def state_dict(self) -> dict:
+        return {"random": self.random.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.random.load_state_dict(state["random"])
+
+
+def knapsack_value(n: int, p: float) -> float:
+    """Knapsack RL's value of n rollouts of a prompt with success rate p: the probability that the
+    group has a non-zero GRPO gradient times the information gain p (1 - p)^2."""
+    return (1 - p ** n - (1 - p) ** n) * p * (1 - p) ** 2
+
+
+def knapsack_allocate(probs: list[float], budget: int, min_n: int, max_n: int) -> list[int]:
+    """Rollouts per prompt (each in [min_n, max_n], total <= budget) maximising sum_i V(N_i, p_i),
+    by dynamic programming over the extra rollouts beyond min_n (unit cost per rollout)."""
+    extra_budget = budget - min_n * len(probs)
+    if extra_budget < 0:
+        raise ValueError(f"knapsack: budget {budget} is below min_n={min_n} x {len(probs)} prompts")
+    best = np.zeros(extra_budget + 1)  # best[b]: value with at most b extra rollouts so far
+    choices = []
+    for p in probs:
+        limit = min(max_n - min_n, extra_budget)
+        gains = [knapsack_value(min_n + k, p) - knapsack_value(min_n, p) for k in range(limit + 1)]
+        new, arg = np.full(extra_budget + 1, -np.inf), np.zeros(extra_budget + 1, dtype=int)
+        for k, gain in enumerate(gains):
+            candidate = np.full(extra_budget + 1, -np.inf)
+            candidate[k:] = best[:extra_budget + 1 - k] + gain
+            better = candidate > new + 1e-15
+            new[better], arg[better] = candidate[better], k
+        best = new
+        choices.append(arg)
+    counts, b = [], extra_budget
+    for arg in reversed(choices):
+        counts.append(min_n + int(arg[b]))
+        b -= int(arg[b])
+    return counts[::-1]
+
+
+@SAMPLERS.register("knapsack")
+class KnapsackSampler(UniformSampler):
+    """Knapsack RL (arXiv 2509.25849, sec. 3; official code liziniu/KnapsackRL
+    verl/trainer/ppo/exploration_utils.py `sampling_budget_by_knapsack`).
+
+    Prompts are drawn uniformly; the step's rollout budget (n x group_size) is then split over them.
+    A prompt's success rate p comes from its last `buffer` success values (used once there are at
+    least `min_history`); prompts without history get group_size, p = 0 prompts `negative_n`, p = 1
+    prompts `positive_n`, and every 0 < p < 1 prompt at least `min_n`. The rest of the budget is
+    spread by a knapsack over the value V(N, p) = (1 - p^N - (1 - p)^N) p (1 - p)^2 (probability of
+    a non-zero gradient x information gain), N <= max_n. As in the code, when the effective prompts
+    need fewer rollouts than that (sum of min(max_n, log(1 - alpha) / log(max(p, 1 - p)))), they get
+    what they need and the excess goes to the p = 0 prompts. Groups therefore differ in size."""
+
+    def __init__(self, num_prompts: int, seed: int = 0, min_n: int = 2, max_n: int = 128, negative_n: int = 2,
+                 positive_n: int = 2, buffer: int = 16, min_history: int = 8, alpha: float = 0.9):
+        super().__init__(num_prompts, seed)
+        self.min_n, self.max_n, self.negative_n, self.positive_n = min_n, max_n, negative_n, positive_n
+        self.buffer, self.min_history, self.alpha = buffer, min_history, alpha
+        self.history: dict[int, list[float]] = {}
+
+    def success_rate(self, index: int) -> float | None:
+        seen = self.history.get(index, [])
+        return sum(seen) / len(seen) if len(seen) >= self.min_history else None
+
+    def group_sizes(self, indices: list[int], group_size: int) -> list[int]:
+        if max(self.min_n, self.negative_n, self.positive_n) > group_size:
+            raise ValueError(f"knapsack: min_n, negative_n and positive_n must be <= rollout.group_size={group_size}")
+        sizes: list[int] = [0] * len(indices)
+        effective, zeros = [], []
+        for j, i in enumerate(indices):
+            p = self.success_rate(i)
+            if p is None:
+                sizes[j] = group_size
+            elif p <= 0.0:
+                sizes[j] = self.negative_n
+                zeros.append(j)
+            elif p >= 1.0:
+                sizes[j] = self.positive_n
+            else:
+                effective.append((j, p))
+        remaining = group_size * len(indices) - sum(sizes)
+        if effective:
+            need = [min(self.max_n, max(self.min_n, math.ceil(math.log(1 - self.alpha) / math.log(max(p, 1 - p)))))
+                    for _, p in effective]
+            if zeros and sum(need) <= remaining:
+                counts = need
+            else:
+                counts = knapsack_allocate([p for _, p in effective], remaining, self.min_n, self.max_n)
+            for (j, _), c in zip(effective, counts):
+                sizes[j] = c
+            remaining -= sum(counts)
+        # what is left (a cap was reached, or nothing to optimise) goes round-robin to the p = 0
+        # prompts, then to all, up to max_n each
+        for pool in (zeros, list(range(len(indices)))):
+            while remaining > 0 and any(sizes[j] < self.max_n for j in pool):
+                for j in pool:
+                    if remaining > 0 and sizes[j] < self.max_n:
+                        sizes[j] += 1
+                        remaining -= 1
+        return sizes
+
+    def update(self, indices: list[int], successes: list[list[float]]) -> None:
+        for i, s in zip(indices, successes):
+            self.history[i] = (self.history.get(i, []) + [float(x) for x in s])[-self.buffer:]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.history = {int(k): list(v) for k, v in state["history"].items()}

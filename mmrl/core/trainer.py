@@ -1,9 +1,11 @@
 """The group-relative training loop on HuggingFace accelerate (DDP / DeepSpeed through accelerate configs).
 
-One step:  sample prompts -> G completions each (adapter.generate) -> rewards (configured functions)
--> advantages (estimator by name, within groups on each rank) -> old / reference log-probs
--> `num_iterations` policy updates over the batch (loss by name, gradient accumulation over
-micro-batches) -> metrics, checkpoint.
+One step:  the sampler draws the global prompts (and their group sizes) -> each rank generates its
+share of groups (adapter.generate) and scores them (configured reward functions; a refilling
+sampler drops degenerate groups and draws again) -> the rows of all ranks are gathered and the
+advantages computed over the whole batch, updating the stateful estimator and sampler identically
+on every rank -> token weights, old / reference log-probs -> `num_iterations` policy updates
+(loss by name, gradient accumulation over micro-batches) -> metrics, checkpoint.
 """
 from __future__ import annotations
 
@@ -12,20 +14,21 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mmrl.core import advantages as advantage_estimators
 from mmrl.core import checkpoint, losses
 from mmrl.core.adapter import assert_adapter
-from mmrl.core.advantages import combine_rewards, group_stats
+from mmrl.core import samplers
+from mmrl.core import weighting as token_weighting
+from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
 from mmrl.core.batch import RolloutBatch
 from mmrl.core.metrics import MetricsLog
-from mmrl.core.samplers import UniformSampler
 from mmrl.core.sft import supervised_warmup
 from mmrl.rewards import REWARDS, score
 
@@ -52,8 +55,8 @@ def validate(cfg, world_size: int) -> None:
         raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the "
                          f"{world_size} processes")
     local_rows = t.prompts_per_step // world_size * cfg.rollout.group_size
-    if local_rows % t.gradient_accumulation_steps:
-        raise ValueError(f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} must divide the "
+    if local_rows < t.gradient_accumulation_steps:
+        raise ValueError(f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} exceeds the "
                          f"{local_rows} completions per process (prompts_per_step / processes * group_size)")
     if a.num_iterations < 1 or a.beta < 0:
         raise ValueError("algorithm.num_iterations must be >= 1 and algorithm.beta >= 0")
@@ -61,8 +64,20 @@ def validate(cfg, world_size: int) -> None:
     if cfg.rollout.group_size < 2 and not getattr(estimator, "single_stream", False):
         raise ValueError(f"rollout.group_size={cfg.rollout.group_size}: advantage '{a.advantage}' is "
                          "group-relative and gives every completion 0 with one completion per prompt")
-    advantage_estimators.ADVANTAGES.check_params(a.advantage, a.advantage_params, "algorithm.advantage_params")
-    losses.LOSSES.check_params(a.loss, a.loss_params, "algorithm.loss_params")
+    advantage_estimators.ADVANTAGES.check_params(a.advantage, a.advantage_params, "algorithm.advantage_params",
+                                                 skip=advantage_estimators.CONTEXT_ARGS)
+    losses.LOSSES.check_params(a.loss, a.loss_params, "algorithm.loss_params", skip=losses.CONTEXT_ARGS)
+    samplers.SAMPLERS.check_params(cfg.sampler.name, cfg.sampler.params, "sampler.params", skip=samplers.BUILT_IN_ARGS)
+    if a.token_weighting is not None:
+        token_weighting.WEIGHTINGS.check_params(a.token_weighting, a.token_weighting_params,
+                                                "algorithm.token_weighting_params")
+    if cfg.sampler.name == "spo_priority" and a.advantage != "spo":
+        raise ValueError("sampler.name=spo_priority reads the SPO tracker: set algorithm.advantage: spo")
+    if a.llds_coef > 0 and a.num_iterations < 2:
+        raise ValueError("algorithm.llds_coef > 0 has no effect on-policy (the LLDS gates compare to the "
+                         "behaviour policy): set algorithm.num_iterations >= 2")
+    if a.llds_coef < 0:
+        raise ValueError("algorithm.llds_coef must be >= 0")
     losses.AGGREGATIONS.get(a.aggregation)
     losses.KL_ESTIMATORS.get(a.kl_estimator)
     for i, r in enumerate(cfg.rewards):
@@ -109,28 +124,189 @@ def reference_policy(accelerator, model, ref_model):
             yield model
 
 
+# ---------------------------------------------------------------- state
+class AlgorithmState:
+    """Every stateful piece of the algorithm in one checkpointed object: the prompt sampler and the
+    advantage estimator's state (bnpo moments, spo tracker). Every rank holds an identical copy:
+    all updates are computed from data gathered from all ranks, in the same order."""
+
+    def __init__(self, cfg, num_prompts: int):
+        self.advantage = advantage_estimators.make_state(cfg.algorithm.advantage)
+        tracker = self.advantage if isinstance(self.advantage, SPOTracker) else None
+        self.sampler = samplers.build(cfg.sampler.name, num_prompts, cfg.trainer.seed, cfg.sampler.params, tracker)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(),
+                "advantage": None if self.advantage is None else self.advantage.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        if self.advantage is not None:
+            self.advantage.load_state_dict(state["advantage"])
+
+
+@dataclass
+class GlobalRows:
+    """Per-row data of the whole step, gathered from all ranks (identical on every rank)."""
+    rewards: torch.Tensor        # [N, K]
+    group_ids: torch.Tensor      # [N], unique across ranks, contiguous per group
+    example_index: torch.Tensor  # [N]
+    lengths: torch.Tensor        # [N]
+    offset: int                  # this rank's first row
+
+    def groups(self) -> tuple[list[int], list[torch.Tensor]]:
+        """(example index, row indices) of each group in order."""
+        _, counts = torch.unique_consecutive(self.group_ids, return_counts=True)
+        rows = torch.arange(len(self.group_ids)).split(counts.tolist())
+        return [int(self.example_index[r[0]]) for r in rows], list(rows)
+
+
+def gather_rows(accelerator, batch: RolloutBatch) -> GlobalRows:
+    piece = (batch.rewards.cpu(), batch.group_ids.cpu(), batch.example_index.cpu(), batch.completion_lengths.cpu())
+    pieces = gather_object([piece]) if accelerator.num_processes > 1 else [piece]
+    group_ids, shift, offset = [], 0, 0
+    for rank, (_, g, _, _) in enumerate(pieces):
+        _, inverse = torch.unique_consecutive(g, return_inverse=True)
+        group_ids.append(inverse + shift)
+        shift += int(inverse.max()) + 1
+        offset += len(g) if rank < accelerator.process_index else 0
+    return GlobalRows(rewards=torch.cat([p[0] for p in pieces]), group_ids=torch.cat(group_ids),
+                      example_index=torch.cat([p[2] for p in pieces]), lengths=torch.cat([p[3] for p in pieces]),
+                      offset=offset)
+
+
+def merge_across_ranks(accelerator, local: dict) -> dict:
+    """The union of every rank's dict (same on all ranks)."""
+    if accelerator.num_processes == 1:
+        return dict(local)
+    merged: dict = {}
+    for part in gather_object([local]):
+        merged.update(part)
+    return merged
+
+
 # ---------------------------------------------------------------- one step's pieces
-def score_and_advantage(cfg, batch: RolloutBatch) -> dict:
-    """Rewards [N, K] and advantages [N] on this rank's groups; returns the metrics it can."""
+def score_rewards(cfg, batch: RolloutBatch) -> int:
+    """Rewards [N, K] of this rank's completions into the batch; returns the count of reward errors."""
     rewards, names, errors = score(cfg.rewards, batch.completions_text, batch.examples,
                                    batch.completion_lengths.tolist())
-    rewards = rewards.to(batch.group_ids.device)
-    batch.rewards, batch.reward_names = rewards, names
-    weights = [r.weight for r in cfg.rewards]
+    batch.rewards, batch.reward_names = rewards.to(batch.group_ids.device), names
+    return errors
+
+
+def informative_rows(cfg, batch: RolloutBatch) -> torch.Tensor:
+    """[N] bool: rows of groups whose total rewards are not all equal."""
+    _, _, _, spread = group_stats(combine_rewards(batch.rewards, [r.weight for r in cfg.rewards]), batch.group_ids)
+    return spread > 0
+
+
+def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: AlgorithmState):
+    """Draw the step's prompts, generate their groups and score them; returns (this rank's batch,
+    counters). A refilling sampler (dynamic_filter) drops degenerate groups and draws again until
+    every rank has its share of informative groups, or `max_rounds` is reached."""
+    t, sampler = cfg.trainer, state.sampler
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_rank = t.prompts_per_step // world
+    kept, have, errors, rounds = [], 0, 0, 0
+    while True:
+        rounds += 1
+        indices = sampler.sample(t.prompts_per_step)
+        sizes = sampler.group_sizes(indices, cfg.rollout.group_size)
+        mine, my_sizes = indices[rank * per_rank:(rank + 1) * per_rank], sizes[rank * per_rank:(rank + 1) * per_rank]
+        with unwrapped_for_generation(accelerator, model) as policy:
+            batch = adapter.generate(policy, [examples[i] for i in mine], my_sizes, cfg.rollout)
+        batch.example_index = torch.tensor(mine).repeat_interleave(torch.tensor(my_sizes))
+        batch = batch.to(accelerator.device)
+        errors += score_rewards(cfg, batch)
+        if not sampler.refill:
+            return batch, {"reward_errors": errors}
+        useful = informative_rows(cfg, batch)
+        kept.append(batch.select(torch.nonzero(useful).flatten()))
+        have += len(torch.unique(batch.group_ids[useful]))
+        short = accelerator.reduce(torch.tensor(float(max(per_rank - have, 0)), device=accelerator.device), "max")
+        if short.item() == 0 or rounds >= sampler.max_rounds:
+            break
+    shortfall = max(per_rank - have, 0)
+    if shortfall:  # top up with the last round's degenerate groups (zero advantage)
+        kept.append(batch.select(torch.nonzero(~useful).flatten()))
+    merged = RolloutBatch.concat([k for k in kept if len(k)])
+    first_rows = torch.nonzero(torch.cat([torch.tensor([True], device=merged.group_ids.device),
+                                          merged.group_ids[1:] != merged.group_ids[:-1]])).flatten()
+    end = first_rows[per_rank].item() if len(first_rows) > per_rank else len(merged)
+    return merged.select(slice(0, end)), {"reward_errors": errors, "filter/rounds": rounds,
+                                          "filter/shortfall_groups": shortfall}
+
+
+def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence: dict | None) -> torch.Tensor:
+    """Advantages [N] of the whole step's rows (every rank computes the same) and the sampler update."""
     a = cfg.algorithm
-    batch.advantages = advantage_estimators.compute(a.advantage, rewards, batch.group_ids,
-                                                    reward_weights=weights, **a.advantage_params)
-    total = combine_rewards(rewards, weights)
-    _, _, _, spread = group_stats(total, batch.group_ids)
-    first_rows = torch.ones_like(batch.group_ids, dtype=torch.bool)
-    first_rows[1:] = batch.group_ids[1:] != batch.group_ids[:-1]
-    return {"reward_errors": errors, "degenerate_groups": float((spread[first_rows] == 0).sum()),
-            "groups": float(first_rows.sum())}
+    adv = advantage_estimators.compute(a.advantage, rows.rewards, rows.group_ids,
+                                       reward_weights=[r.weight for r in cfg.rewards], state=state.advantage,
+                                       example_index=rows.example_index, divergence=divergence, **a.advantage_params)
+    indices, groups = rows.groups()
+    success = rows.rewards[:, 0].clamp(0, 1)  # the first reward function is the success signal
+    state.sampler.update(indices, [success[r].tolist() for r in groups])
+    return adv
+
+
+def stored_batch(entries: list[dict], device) -> RolloutBatch:
+    """A batch of stored (prompt, completion) token lists, prompts left padded."""
+    n = len(entries)
+    p_width = max(len(e["prompt"]) for e in entries)
+    c_width = max(len(e["completion"]) for e in entries)
+    prompt_ids = torch.zeros(n, p_width, dtype=torch.long)
+    prompt_mask = torch.zeros(n, p_width, dtype=torch.long)
+    completion_ids = torch.zeros(n, c_width, dtype=torch.long)
+    completion_mask = torch.zeros(n, c_width, dtype=torch.long)
+    for i, e in enumerate(entries):
+        p, c = len(e["prompt"]), len(e["completion"])
+        prompt_ids[i, p_width - p:], prompt_mask[i, p_width - p:] = torch.tensor(e["prompt"]), 1
+        completion_ids[i, :c], completion_mask[i, :c] = torch.tensor(e["completion"]), 1
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                        completion_mask=completion_mask, group_ids=torch.arange(n)).to(device)
+
+
+@torch.no_grad()
+def spo_divergence(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int) -> dict:
+    """SPO's D(x) for this step's prompts: token-mean |log pi_prev(y') - log pi_now(y')| of the
+    completion y' stored at the prompt's previous visit (merged over ranks)."""
+    seen = [i for i in dict.fromkeys(batch.example_index.tolist()) if i in tracker.last]
+    local = {}
+    with unwrapped_for_generation(accelerator, model) as policy:
+        for start in range(0, len(seen), rows):
+            chunk = seen[start:start + rows]
+            entries = [tracker.last[i] for i in chunk]
+            now = adapter.log_probs(policy, stored_batch(entries, accelerator.device)).cpu()
+            for j, (i, e) in enumerate(zip(chunk, entries)):
+                before = torch.tensor(e["logp"])
+                local[i] = (before - now[j, :len(before)]).abs().mean().item()
+    return merge_across_ranks(accelerator, local)
+
+
+@torch.no_grad()
+def spo_store_last(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int) -> None:
+    """After the update: keep one completion per prompt with its log-probs under the new policy."""
+    if batch.extras:
+        raise NotImplementedError("spo with rho='adaptive' re-scores stored completions from token ids only; "
+                                  "this adapter needs extras (images/video): use advantage_params.rho: constant")
+    firsts = torch.nonzero(torch.cat([torch.tensor([True], device=batch.group_ids.device),
+                                      batch.group_ids[1:] != batch.group_ids[:-1]])).flatten()
+    local = {}
+    with unwrapped_for_generation(accelerator, model) as policy:
+        for start in range(0, len(firsts), rows):
+            part = batch.select(firsts[start:start + rows].cpu())
+            logp = adapter.log_probs(policy, part).cpu()
+            for j in range(len(part)):
+                pm, cm = part.prompt_mask[j].bool(), part.completion_mask[j].bool()
+                local[int(part.example_index[j])] = {
+                    "prompt": part.prompt_ids[j][pm].tolist(), "completion": part.completion_ids[j][cm].tolist(),
+                    "logp": logp[j][cm.cpu()].tolist()}
+    tracker.last.update(merge_across_ranks(accelerator, local))
 
 
 @torch.no_grad()
 def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: RolloutBatch) -> None:
-    """old_logp (only when several updates reuse the batch) and ref_logp (only when beta > 0)."""
+    """old_logp (when several updates reuse the batch) and ref_logp (only when beta > 0)."""
     chunks = batch.micro_batches(cfg.trainer.gradient_accumulation_steps)
     if cfg.algorithm.num_iterations > 1:
         batch.old_logp = torch.cat([adapter.log_probs(model, mb) for mb in chunks])
@@ -139,7 +315,7 @@ def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: R
             batch.ref_logp = torch.cat([adapter.log_probs(ref, mb) for mb in chunks])
 
 
-def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch) -> dict:
+def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch, weighting=None) -> dict:
     """`num_iterations` optimizer steps over the batch, each accumulating over micro-batches.
 
     Aggregation denominators are those of the whole optimizer batch on all ranks (divided by the
@@ -147,10 +323,12 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     is split into micro-batches or processes. `batch` must already be on the accelerator's device."""
     a, t = cfg.algorithm, cfg.trainer
     world = accelerator.num_processes
-    totals = accelerator.reduce(torch.tensor([float(len(batch)), float(batch.completion_mask.sum())],
+    num_groups_local = float(len(torch.unique_consecutive(batch.group_ids)))
+    totals = accelerator.reduce(torch.tensor([float(len(batch)), float(batch.completion_mask.sum()), num_groups_local],
                                              device=accelerator.device), "sum")
-    num_seqs, num_tokens = (totals / world).tolist()
-    chunks = batch.micro_batches(t.gradient_accumulation_steps)
+    num_seqs, num_tokens, num_groups = (totals / world).tolist()
+    whole_groups = getattr(losses.LOSSES.get(a.loss), "whole_groups", False)
+    chunks = batch.micro_batches(t.gradient_accumulation_steps, whole_groups=whole_groups)
     stats_sum: dict[str, float] = {}
     for iteration in range(a.num_iterations):
         loss_total = 0.0
@@ -158,18 +336,24 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
                 logp, entropy = adapter.log_probs(model, mb, with_entropy=True)
+                mask = mb.completion_mask
                 old = mb.old_logp if mb.old_logp is not None else logp.detach()
+                adv, weights, extra = mb.advantages, mb.token_weights, {}
+                if weighting is not None:
+                    adv, weights, extra = weighting.apply(adv, entropy.detach(), mask.to(entropy.dtype), weights)
                 loss, stats = losses.compute(
-                    a.loss, logp, old, mb.advantages, mb.completion_mask, ref_logp=mb.ref_logp,
+                    a.loss, logp, old, adv, mask, ref_logp=mb.ref_logp,
                     aggregation=a.aggregation, beta=a.beta, kl_estimator=a.kl_estimator,
-                    token_weights=mb.token_weights, max_len=cfg.rollout.max_new_tokens,
-                    num_seqs=num_seqs, num_tokens=num_tokens, **a.loss_params)
+                    token_weights=weights, max_len=cfg.rollout.max_new_tokens,
+                    num_seqs=num_seqs, num_tokens=num_tokens, group_ids=mb.group_ids, num_groups=num_groups,
+                    llds_coef=a.llds_coef, llds_nonneg_advantage=a.llds_nonneg_advantage, **a.loss_params)
                 accelerator.backward(loss)
             loss_total += loss.item()
             if iteration == 0:
-                stats["entropy"] = losses.masked_mean(entropy, mb.completion_mask.to(entropy.dtype))
+                stats.update(extra)
+                stats["entropy"] = losses.masked_mean(entropy, mask.to(entropy.dtype))
                 for key, value in stats.items():
-                    stats_sum[key] = stats_sum.get(key, 0.0) + value.item() / len(chunks)
+                    stats_sum[key] = stats_sum.get(key, 0.0) + float(value) / len(chunks)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -177,29 +361,34 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     return {**stats_sum, "loss": loss_total, "grad_norm": float(grad_norm)}
 
 
-def gather_step_metrics(accelerator, batch: RolloutBatch, weights: list[float], local: dict) -> dict:
-    """Step metrics over all ranks (rewards and lengths gathered; per-rank stats averaged)."""
+COUNTED = ("reward_errors", "filter/shortfall_groups")
+
+
+def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weights: list[float],
+                 reward_names: list[str], local: dict) -> dict:
+    """Step metrics over all ranks: reward/length/advantage statistics from the gathered rows;
+    counters summed and per-rank statistics averaged over ranks."""
+    total = combine_rewards(rows.rewards, weights)
+    _, _, _, spread = group_stats(total, rows.group_ids)
+    first = torch.cat([torch.tensor([True]), rows.group_ids[1:] != rows.group_ids[:-1]])
     device = accelerator.device
-    rewards = accelerator.gather(batch.rewards.to(device))
-    total = combine_rewards(rewards, weights)
-    lengths = accelerator.gather(batch.completion_lengths.float().to(device))
-    adv = accelerator.gather(batch.advantages.float().to(device))
-    counted = ("reward_errors", "degenerate_groups", "groups")
+    counted = [k for k in COUNTED if k in local]
     sums = accelerator.reduce(torch.tensor([float(local[k]) for k in counted], device=device), "sum").tolist()
-    errors, degenerate, groups = sums
-    out = {"reward/mean": total.mean(), "reward/std": total.std() if total.numel() > 1 else 0.0}
-    for j, name in enumerate(batch.reward_names):
-        out[f"reward/{name}/mean"] = rewards[:, j].mean()
-    averaged_keys = sorted(k for k in local if k not in counted)
+    averaged_keys = sorted(k for k in local if k not in COUNTED)
     per_rank = torch.tensor([float(local[k]) for k in averaged_keys], device=device)
     averaged = dict(zip(averaged_keys, accelerator.reduce(per_rank, "mean").tolist()))
+    out = {"reward/mean": total.mean(), "reward/std": total.std() if total.numel() > 1 else 0.0}
+    for j, name in enumerate(reward_names):
+        out[f"reward/{name}/mean"] = rows.rewards[:, j].mean()
     out.update({
-        "reward/errors": errors,
-        "advantage/abs_mean": adv.abs().mean(),
-        "frac_degenerate_groups": degenerate / groups,
-        "completion_length/mean": lengths.mean(),
-        "completion_length/max": lengths.max(),
+        "advantage/abs_mean": advantages.abs().mean(),
+        "frac_degenerate_groups": float((spread[first] == 0).float().mean()),
+        "group_size/mean": len(rows.group_ids) / float(first.sum()),
+        "group_size/max": float(torch.unique_consecutive(rows.group_ids, return_counts=True)[1].max()),
+        "completion_length/mean": rows.lengths.float().mean(),
+        "completion_length/max": rows.lengths.max(),
     })
+    out.update({("reward/errors" if k == "reward_errors" else k): v for k, v in zip(counted, sums)})
     out.update(averaged)
     return out
 
@@ -211,7 +400,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     accelerator = accelerator or make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
     set_seed(cfg.trainer.seed)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     resume = checkpoint.resolve_resume(cfg.resume_from, cfg.output_dir)
     accelerator.print(f"mmrl: world_size={world} device={accelerator.device} "
                       f"distributed={accelerator.distributed_type.value} resume={resume}")
@@ -227,31 +416,39 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     ref_model = None
     if cfg.algorithm.beta > 0 and not cfg.model.lora.enabled:
         ref_model = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
-    sampler = UniformSampler(len(examples), seed=cfg.trainer.seed)
-    for obj in (scheduler, sampler):  # restored by load_state in this order
+    state = AlgorithmState(cfg, len(examples))
+    weighting = token_weighting.make(cfg.algorithm.token_weighting, cfg.algorithm.token_weighting_params)
+    for obj in (scheduler, state):  # restored by load_state in this order
         accelerator.register_for_checkpointing(obj)
     start = checkpoint.load(accelerator, resume)["step"] if resume is not None else 0
     metrics_log = MetricsLog(cfg.output_dir, enabled=accelerator.is_main_process,
                              resume_step=start if resume is not None else None)
-    per_rank = cfg.trainer.prompts_per_step // world
     weights = [r.weight for r in cfg.rewards]
+    spo_adaptive = isinstance(state.advantage, SPOTracker) and \
+        cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
+    rows_per_pass = max(1, cfg.trainer.logprob_chunk_rows)
 
     progress = tqdm(range(start, cfg.trainer.max_steps), initial=start, total=cfg.trainer.max_steps,
-                    desc="grpo", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+                    desc=cfg.algorithm.advantage, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for step in progress:
         t0 = time.perf_counter()
-        # ROLLOUT: every rank draws the same global prompts and keeps its share of whole groups
-        indices = sampler.sample(cfg.trainer.prompts_per_step)[rank * per_rank:(rank + 1) * per_rank]
-        with unwrapped_for_generation(accelerator, model) as policy:
-            batch = adapter.generate(policy, [examples[i] for i in indices], cfg.rollout.group_size, cfg.rollout)
-        # SCORE + ADVANTAGE: groups never cross a rank, so this is local
-        batch = batch.to(accelerator.device)
-        local = score_and_advantage(cfg, batch)
+        # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
+        batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
+        # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
+        rows = gather_rows(accelerator, batch)
+        divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \
+            if spo_adaptive else None
+        advantages = compute_advantages(cfg, rows, state, divergence)
+        batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
+        if weighting is not None:
+            weighting.prepare(batch)
         record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch)
         # UPDATE: mu optimizer steps on this batch
-        local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch))
+        local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
+        if spo_adaptive:
+            spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass)
         # LOG + SAVE
-        metrics = gather_step_metrics(accelerator, batch, weights, local)
+        metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local)
         metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=time.perf_counter() - t0, world_size=world)
         record = metrics_log.log(step + 1, metrics)
         progress.set_postfix(reward=f"{record['reward/mean']:.3f}", loss=f"{record['loss']:.4f}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import completion_mask_from_eos
+from mmrl.core.adapter import completion_mask_from_eos, group_sizes
 from mmrl.core.batch import RolloutBatch
 from mmrl.core.logprobs import selective_log_softmax
 
@@ -41,11 +41,13 @@ class CausalLMAdapter:
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def generate(self, model, examples: list[dict], group_size: int, rollout_cfg) -> RolloutBatch:
+    def generate(self, model, examples: list[dict], group_size: int | list[int], rollout_cfg) -> RolloutBatch:
+        """`group_size` completions of every example (or group_size[i] of example i)."""
+        sizes = group_sizes(group_size, len(examples))
         prompt_ids, prompt_mask = self._encode_prompts(examples)
         device = next(model.parameters()).device
-        prompt_ids = prompt_ids.repeat_interleave(group_size, 0).to(device)
-        prompt_mask = prompt_mask.repeat_interleave(group_size, 0).to(device)
+        prompt_ids = prompt_ids.repeat_interleave(sizes, 0).to(device)
+        prompt_mask = prompt_mask.repeat_interleave(sizes, 0).to(device)
         was_training = model.training
         model.eval()
         out = model.generate(
@@ -58,10 +60,10 @@ class CausalLMAdapter:
         completion_mask = completion_mask_from_eos(completion_ids, self.eos_token_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        group_ids = torch.arange(len(examples)).repeat_interleave(group_size)
+        group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
         return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(),
                             completion_ids=completion_ids.cpu(), completion_mask=completion_mask.cpu(),
-                            group_ids=group_ids, examples=[e for e in examples for _ in range(group_size)],
+                            group_ids=group_ids, examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:

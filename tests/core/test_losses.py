@@ -152,9 +152,10 @@ def test_token_weights_scale_token_losses():
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_registered_loss_runs_through_compute(name):
     logp = torch.randn(2, 3, requires_grad=True)
-    loss, stats = losses.compute(name, logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.ones(2, 3))
+    loss, stats = losses.compute(name, logp, logp.detach(), torch.tensor([1.0, -1.0]), torch.ones(2, 3),
+                                 group_ids=torch.tensor([0, 0]))
     loss.backward()
-    assert torch.isfinite(loss) and "clip_frac" in stats
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad.abs().sum() > 0
 
 
 def test_unknown_loss_and_aggregation_name_valid_choices():
@@ -183,3 +184,101 @@ def test_sapo_soft_gate_hand_computed():
     # on-policy: f(1) = 2 / tau and the gradient equals the plain policy gradient
     loss, dloss_dr, _ = _sapo(1.0, -1.0)
     assert loss == pytest.approx(2 / 1.05) and dloss_dr == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- NGRPO asymmetric clipping
+def _one_token(ratio, adv, name="grpo", **kw):
+    old = torch.tensor([[-1.0]], dtype=torch.float64)
+    logp = (old + math.log(ratio)).requires_grad_(True)
+    loss, stats = losses.compute(name, logp, old, torch.tensor([adv], dtype=torch.float64),
+                                 torch.ones(1, 1, dtype=torch.float64), **kw)
+    loss.backward()
+    return loss.item(), logp.grad.item(), stats
+
+
+def test_grpo_sign_dependent_clip_ranges():
+    # A > 0 uses eps_pos: r = 1.2 inside 1 + 0.24 (gradient r A = 1.2), outside 1 + 0.1 (clipped, no gradient)
+    assert _one_token(1.2, 1.0, eps_pos=0.24, eps_neg=0.16)[:2] == pytest.approx((-1.2, -1.2))
+    assert _one_token(1.2, 1.0, eps_pos=0.1, eps_neg=0.3)[:2] == pytest.approx((-1.1, 0.0))
+    # A < 0 uses eps_neg: r = 0.8 below 1 - 0.16 -> clipped at 0.84; below 1 - 0.24 not clipped
+    assert _one_token(0.8, -1.0, eps_pos=0.1, eps_neg=0.16)[:2] == pytest.approx((0.84, 0.0))
+    assert _one_token(0.8, -1.0, eps_pos=0.1, eps_neg=0.24)[:2] == pytest.approx((0.8, 0.8))
+
+
+def test_grpo_sign_clipping_equals_eps_high_low_pair():
+    g = torch.Generator().manual_seed(0)
+    old = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    new = old + 0.4 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 0.5, -2.0], dtype=torch.float64)
+    mask = torch.ones(4, 5, dtype=torch.float64)
+    grads = []
+    for params in ({"eps_pos": 0.24, "eps_neg": 0.16}, {"eps": 0.16, "eps_high": 0.24}):
+        logp = new.clone().requires_grad_(True)
+        losses.compute("grpo", logp, old, adv, mask, **params)[0].backward()
+        grads.append(logp.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="both"):
+        losses.compute("grpo", new, old, adv, mask, eps_pos=0.2)
+
+
+# ---------------------------------------------------------------- CISPO
+def test_cispo_clips_the_weight_but_keeps_the_gradient():
+    # r = 1.5 > 1.28: weight sg(1.28); loss = -1.28 * A * logp, logp = -1 + ln 1.5 = -0.59453
+    loss, grad, stats = _one_token(1.5, 1.0, name="cispo", eps_high=0.28)
+    assert loss == pytest.approx(-1.28 * (-1 + math.log(1.5)))
+    assert grad == pytest.approx(-1.28)  # PPO-clip would give 0 here
+    assert stats["clip_frac"] == 1.0
+    # inside the range the weight is r itself, so the gradient is r A (= PPO's)
+    assert _one_token(1.1, -1.0, name="cispo")[1] == pytest.approx(1.1)
+
+
+# ---------------------------------------------------------------- DisCO
+def _disco(logp_values, adv, groups, old=None, **kw):
+    logp = torch.tensor(logp_values, dtype=torch.float64)[:, None].requires_grad_(True)
+    old_logp = logp.detach() if old is None else torch.tensor(old, dtype=torch.float64)[:, None]
+    loss, stats = losses.compute("disco", logp, old_logp, torch.tensor(adv, dtype=torch.float64),
+                                 torch.ones(len(adv), 1, dtype=torch.float64),
+                                 group_ids=torch.tensor(groups), **kw)
+    loss.backward()
+    return loss.item(), logp.grad[:, 0].tolist(), stats
+
+
+def test_disco_dro_weights_negatives_by_softmax():
+    # group 0: positives s = [-1, -2], negatives s = [-1, -2]; group 1 all correct (A = 0): counts in N_q = 2
+    logp, adv, groups = [-1.0, -2.0, -1.0, -2.0, -0.5, -0.5], [1, 1, -1, -1, 0, 0], [0, 0, 0, 0, 1, 1]
+    loss, grad, _ = _disco(logp, adv, groups, tau=1.0)
+    neg_term = math.log((math.exp(-1) + math.exp(-2)) / 2)
+    assert loss == pytest.approx(-(-1.5 - neg_term) / 2)
+    # d loss / d s: positives -1/2 each, negatives softmax([-1, -2]) = [.7311, .2689]; all / N_q = 2
+    assert grad == pytest.approx([-0.25, -0.25, 0.7311 / 2, 0.2689 / 2, 0, 0], abs=1e-4)
+    loss_b, grad_b, _ = _disco(logp, adv, groups, dro=False)
+    assert loss_b == pytest.approx(0.0) and grad_b == pytest.approx([-0.25, -0.25, 0.25, 0.25, 0, 0])
+
+
+def test_disco_squared_hinge_trust_region():
+    # KL (token mean of old - new) = 3e-4 > delta 1e-4: coefficient beta (KL - delta) = 0.2
+    logp = [-1.0, -2.0]
+    old = [-1.0 + 3e-4, -2.0 + 3e-4]
+    _, grad, stats = _disco(logp, [1, -1], [0, 0], old=old, dro=False)
+    assert stats["disco/constraint_coef"].item() == pytest.approx(0.2)
+    # objective gradient [-1, +1] plus the penalty's 0.2 * d(mean(old - new))/d new = -0.1 each
+    assert grad == pytest.approx([-1.1, 0.9])
+    _, grad, stats = _disco(logp, [1, -1], [0, 0], old=[-1.0 + 5e-5, -2.0 + 5e-5], dro=False)
+    assert stats["disco/constraint_coef"].item() == 0.0 and grad == pytest.approx([-1.0, 1.0])
+
+
+# ---------------------------------------------------------------- LLDS
+def test_llds_penalises_only_falling_tokens_of_falling_responses():
+    old = torch.tensor([[-1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    penalty, active = losses.likelihood_displacement_penalty(torch.tensor([[-1.2, -0.9]]), old, mask, torch.tensor([1.0]))
+    assert penalty.item() == pytest.approx(0.2) and active.item() == 1  # mean fell: only token 0 counts
+    penalty, _ = losses.likelihood_displacement_penalty(torch.tensor([[-0.8, -1.1]]), old, mask, torch.tensor([1.0]))
+    assert penalty.item() == 0.0  # mean rose
+    penalty, _ = losses.likelihood_displacement_penalty(torch.tensor([[-1.2, -0.9]]), old, mask, torch.tensor([-1.0]))
+    assert penalty.item() == 0.0  # negative advantage is not protected
+    logp = torch.tensor([[-1.2, -0.9]], requires_grad=True)
+    loss, stats = losses.compute("grpo", logp, old, torch.tensor([0.0]), mask, llds_coef=0.5)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.1) and logp.grad.tolist() == [[-0.5, 0.0]]
+    assert stats["llds/active_tokens"].item() == 1

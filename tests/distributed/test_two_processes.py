@@ -46,3 +46,28 @@ def test_train_script_runs_on_two_processes(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["world_size"] for l in lines] == [2, 2]
     assert (tmp_path / "checkpoints" / "step_000002" / "random_states_1.pkl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["spo", "bnpo", "gdpo", "vade", "knapsack", "dynamic_filter"])
+def test_stateful_methods_stay_identical_on_every_rank(tmp_path, method):
+    script = str(ROOT / "tests" / "distributed" / "state_sync.py")
+    subprocess.run([*TWO_PROCS, script, str(tmp_path), method], check=True, env=_env(), cwd=ROOT,
+                   capture_output=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=False), torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert len(r0["advantages"]) == 3
+    for a, b in zip(r0["advantages"], r1["advantages"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # batch-level statistics over both ranks' rows
+    assert _flatten(r0["state"]) == _flatten(r1["state"])
+    assert _flatten(r0["state"]), "the state should not be empty"
+
+
+def _flatten(value, prefix=""):
+    """Nested state as a sorted list of (path, python value) pairs (tensors as lists)."""
+    if isinstance(value, dict):
+        return sorted(item for k, v in value.items() for item in _flatten(v, f"{prefix}/{k}"))
+    if isinstance(value, torch.Tensor):
+        return [(prefix, repr(value.tolist()))]
+    if isinstance(value, (list, tuple)):
+        return [(prefix, repr(value))]
+    return [(prefix, repr(value))]

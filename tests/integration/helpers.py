@@ -12,8 +12,13 @@ FAST = ["sft.steps=5", "trainer.prompts_per_step=4", "rollout.group_size=4", "ro
         "trainer.log_every=1000", "data.synthetic.num_examples=32"]
 
 
-def run_text(output_dir, *overrides):
-    cfg = load_config(TINY, [*FAST, f"output_dir={output_dir}", *overrides])
+METHODS = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
+
+
+def run_text(output_dir, *overrides, method: str | None = None):
+    """Train the tiny text recipe (with the method overlay configs/methods/<method>.yaml) briefly."""
+    paths = [TINY] + ([ROOT / "configs" / "methods" / f"{method}.yaml"] if method else [])
+    cfg = load_config(paths, [*FAST, f"output_dir={output_dir}", *overrides])
     model, tok = load_causal_lm(cfg.model, seed=cfg.trainer.seed)
     model = prepare_for_training(model, cfg.model)
     adapter = CausalLMAdapter(tok, temperature=cfg.rollout.temperature)

@@ -64,7 +64,14 @@ def test_lora_gradient_checkpointing_and_bf16_autocast(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    (["trainer.prompts_per_step=3", "trainer.gradient_accumulation_steps=5"], "gradient_accumulation_steps=5"),
+    (["trainer.prompts_per_step=1", "rollout.group_size=2", "trainer.gradient_accumulation_steps=5"],
+     "gradient_accumulation_steps=5"),
+    (["sampler.name=spo_priority"], "advantage: spo"),
+    (["algorithm.llds_coef=0.1"], "num_iterations >= 2"),
+    (["sampler.name=vade", "sampler.params={decay: 0.2}"], "sampler.params.decay"),
+    (["algorithm.advantage_params={state: 1}"], "set by the trainer"),
+    (["algorithm.token_weighting=gtpo", "algorithm.token_weighting_params={weight: 2}"],
+     "token_weighting_params.weight"),
     (["rollout.group_size=1"], "group_size=1"),
     (["algorithm.loss_params={epsilon: 0.2}"], "algorithm.loss_params.epsilon"),
     (["algorithm.advantage=nope"], "unknown advantage estimator 'nope'"),

@@ -1,0 +1,133 @@
+"""Token weighting schemes, composable with any per-token policy loss.
+
+A scheme has two hooks:
+  prepare(batch)                                  once per step, on the rank's whole batch after the
+                                                  advantages are known (may set batch.token_weights [N, C]);
+  apply(advantages, entropy, mask, token_weights) per micro-batch at loss time, with the current
+                                                  policy's per-token entropy [B, T] (detached);
+                                                  returns (advantages, token_weights, stats).
+Select one with `algorithm.token_weighting: <name>` and `algorithm.token_weighting_params`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmrl.core.batch import RolloutBatch
+from mmrl.core.losses import masked_mean
+from mmrl.core.registry import Registry
+
+WEIGHTINGS = Registry("token weighting")
+
+
+def make(name: str | None, params: dict | None = None):
+    """The scheme registered as `name` built with `params`, or None for no weighting."""
+    return None if name is None else WEIGHTINGS.get(name)(**(params or {}))
+
+
+def _matching_runs(a: torch.Tensor, b: torch.Tensor, len_a: int, len_b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks over a's and b's positions of the leading run of equal tokens (from position 0) and of
+    the trailing run aligned at each sequence's end."""
+    run_a, run_b = torch.zeros(a.shape, dtype=torch.long), torch.zeros(b.shape, dtype=torch.long)
+    n = min(len_a, len_b)
+    lead = torch.cumprod((a[:n] == b[:n]).long(), 0)
+    tail = torch.cumprod((a[len_a - n:len_a].flip(0) == b[len_b - n:len_b].flip(0)).long(), 0).flip(0)
+    run_a[:n] += lead
+    run_b[:n] += lead
+    run_a[len_a - n:len_a] += tail
+    run_b[len_b - n:len_b] += tail
+    return run_a, run_b
+
+
+@WEIGHTINGS.register("gtpo")
+class ConflictTokenWeighting:
+    """GTPO (Group-relative Trajectory-based Policy Optimization, arXiv 2508.03772, sec. 3; official
+    code winstonsmith1897/GTPO gtpo/gtpo_training.py `build_conflict_mask`).
+
+    Conflict tokens: the same token id at the same position in a positive-advantage and a
+    negative-advantage completion of one group. Their negative update is skipped (weight 0 in the
+    negative completion) and their positive update amplified (weight `positive_weight`, 2 in the
+    code); other tokens keep weight 1. `conflicts='positions'` compares every position (the paper's
+    definition); `'runs'` only the leading run from position 0 and the run aligned at the ends, with
+    the two weights multiplied where they overlap (the official code).
+    Entropy filter and shaping (code form): with <H>_i the completion's token-mean entropy under the
+    current policy, A_i <- A_i - gamma <H>_i if <H>_i <= entropy_threshold (0.7 ~ ln 2), else A_i <- 0.
+    Not reproduced: the code also divides each completion's loss by its conflict-token count, which
+    is absent from the paper's objective. GTPO uses no KL term (set algorithm.beta: 0)."""
+
+    def __init__(self, positive_weight: float = 2.0, entropy_threshold: float = 0.7, gamma: float = 0.1,
+                 conflicts: str = "positions"):
+        if conflicts not in ("positions", "runs"):
+            raise ValueError(f"token_weighting_params.conflicts: '{conflicts}' is not 'positions' or 'runs'")
+        self.positive_weight, self.entropy_threshold, self.gamma = positive_weight, entropy_threshold, gamma
+        self.conflicts = conflicts
+
+    def conflict_weights(self, completion_ids, completion_mask, group_ids, advantages) -> torch.Tensor:
+        """[N, C] weights: positive_weight / 0 on conflict tokens of positive / negative completions."""
+        ids, mask = completion_ids.cpu(), completion_mask.cpu().bool()
+        adv, groups = advantages.detach().cpu(), group_ids.cpu()
+        weights = torch.ones(ids.shape, dtype=torch.float32)
+        lengths = mask.sum(-1)
+        for g in torch.unique(groups):
+            pos = torch.nonzero((groups == g) & (adv > 0)).flatten()
+            neg = torch.nonzero((groups == g) & (adv < 0)).flatten()
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            if self.conflicts == "positions":
+                same = (ids[pos][:, None] == ids[neg][None]) & mask[pos][:, None] & mask[neg][None]  # [P, Q, C]
+                weights[pos] = torch.where(same.any(1), self.positive_weight, weights[pos])
+                weights[neg] = torch.where(same.any(0), 0.0, weights[neg])
+                continue
+            hit_pos = torch.zeros(len(pos), ids.shape[1], dtype=torch.long)
+            hit_neg = torch.zeros(len(neg), ids.shape[1], dtype=torch.long)
+            for a, i in enumerate(pos.tolist()):
+                for b, j in enumerate(neg.tolist()):
+                    run_i, run_j = _matching_runs(ids[i], ids[j], int(lengths[i]), int(lengths[j]))
+                    hit_pos[a] = torch.maximum(hit_pos[a], run_i)
+                    hit_neg[b] = torch.maximum(hit_neg[b], run_j)
+            # a position in both runs counts twice: forward weight x backward weight
+            weights[pos] = torch.where(hit_pos > 0, self.positive_weight ** hit_pos.float(), weights[pos])
+            weights[neg] = torch.where(hit_neg > 0, 0.0, weights[neg])
+        return weights * mask
+
+    def prepare(self, batch: RolloutBatch) -> None:
+        weights = self.conflict_weights(batch.completion_ids, batch.completion_mask, batch.group_ids,
+                                        batch.advantages).to(batch.completion_mask.device)
+        batch.token_weights = weights if batch.token_weights is None else batch.token_weights * weights
+
+    def apply(self, advantages, entropy, mask, token_weights):
+        mean_entropy = masked_mean(entropy, mask, dim=-1)
+        kept = mean_entropy <= self.entropy_threshold
+        shaped = torch.where(kept, advantages - self.gamma * mean_entropy, torch.zeros_like(advantages))
+        conflict = ((token_weights != 1) & mask.bool()).float() if token_weights is not None else torch.zeros_like(mask)
+        return shaped, token_weights, {"gtpo/kept_frac": kept.float().mean(),
+                                       "gtpo/conflict_token_frac": masked_mean(conflict, mask)}
+
+
+@WEIGHTINGS.register("entropy_topk")
+class EntropyAdvantageTopK:
+    """Token-level down-sampling of D^3S (Dynamic Dual-level Down-Sampling, arXiv 2509.22115, sec. 3.2;
+    no official code): keep the `fraction` of valid tokens with the largest |A_i| * H_{i,t} (H the
+    current policy's entropy at the token) and drop the rest from the loss. With a constant |A|
+    this is the high-entropy-minority selection (80/20, arXiv 2506.01939). The top-k is taken per
+    micro-batch; dropped tokens still count in the aggregation's denominators."""
+
+    def __init__(self, fraction: float = 0.2):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"token_weighting_params.fraction: {fraction} must be in (0, 1]")
+        self.fraction = fraction
+
+    def prepare(self, batch: RolloutBatch) -> None:
+        return None
+
+    def apply(self, advantages, entropy, mask, token_weights):
+        adv = advantages[:, None].expand_as(entropy) if advantages.dim() == 1 else advantages
+        valid = mask.bool()
+        score = torch.where(valid, adv.abs() * entropy, torch.full_like(entropy, -float("inf")))
+        k = max(1, math.ceil(self.fraction * int(valid.sum())))
+        keep = torch.zeros_like(valid)
+        keep.view(-1)[torch.topk(score.flatten(), k).indices] = True
+        keep &= valid
+        weights = keep.to(mask.dtype) if token_weights is None else token_weights * keep.to(mask.dtype)
+        return advantages, weights, {"entropy_topk/kept_frac": masked_mean(keep.float(), mask)}
