@@ -12,6 +12,13 @@ from typing import Any
 import torch
 
 
+def group_starts(group_ids: torch.Tensor) -> torch.Tensor:
+    """Indices of the first row of each run of equal consecutive group ids."""
+    new = torch.ones_like(group_ids, dtype=torch.bool)
+    new[1:] = group_ids[1:] != group_ids[:-1]
+    return torch.nonzero(new).flatten()
+
+
 @dataclass
 class RolloutBatch:
     """Token tensors of N completions, N = sum of group sizes.
@@ -93,8 +100,7 @@ class RolloutBatch:
         """Split into `num` consecutive micro-batches of (nearly) equal row count; with `whole_groups`
         the cuts fall between groups (losses that compare completions of a group need that)."""
         if whole_groups:
-            starts = torch.nonzero(torch.cat([torch.tensor([True]), self.group_ids[1:] != self.group_ids[:-1]]))
-            starts = starts.flatten().tolist()
+            starts = group_starts(self.group_ids).tolist()
             if len(starts) < num:
                 raise ValueError(f"{len(starts)} groups do not split into {num} micro-batches of whole groups; "
                                  "lower trainer.gradient_accumulation_steps")

@@ -27,7 +27,7 @@ from mmrl.core.adapter import assert_adapter
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
-from mmrl.core.batch import RolloutBatch
+from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.sft import supervised_warmup
 from mmrl.rewards import REWARDS, score
@@ -230,8 +230,7 @@ def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: Algor
     if shortfall:  # top up with the last round's degenerate groups (zero advantage)
         kept.append(batch.select(torch.nonzero(~useful).flatten()))
     merged = RolloutBatch.concat([k for k in kept if len(k)])
-    first_rows = torch.nonzero(torch.cat([torch.tensor([True], device=merged.group_ids.device),
-                                          merged.group_ids[1:] != merged.group_ids[:-1]])).flatten()
+    first_rows = group_starts(merged.group_ids)
     end = first_rows[per_rank].item() if len(first_rows) > per_rank else len(merged)
     return merged.select(slice(0, end)), {"reward_errors": errors, "filter/rounds": rounds,
                                           "filter/shortfall_groups": shortfall}
@@ -289,8 +288,7 @@ def spo_store_last(accelerator, adapter, model, batch: RolloutBatch, tracker: SP
     if batch.extras:
         raise NotImplementedError("spo with rho='adaptive' re-scores stored completions from token ids only; "
                                   "this adapter needs extras (images/video): use advantage_params.rho: constant")
-    firsts = torch.nonzero(torch.cat([torch.tensor([True], device=batch.group_ids.device),
-                                      batch.group_ids[1:] != batch.group_ids[:-1]])).flatten()
+    firsts = group_starts(batch.group_ids)
     local = {}
     with unwrapped_for_generation(accelerator, model) as policy:
         for start in range(0, len(firsts), rows):
@@ -370,7 +368,7 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
     counters summed and per-rank statistics averaged over ranks."""
     total = combine_rewards(rows.rewards, weights)
     _, _, _, spread = group_stats(total, rows.group_ids)
-    first = torch.cat([torch.tensor([True]), rows.group_ids[1:] != rows.group_ids[:-1]])
+    first = group_starts(rows.group_ids)
     device = accelerator.device
     counted = [k for k in COUNTED if k in local]
     sums = accelerator.reduce(torch.tensor([float(local[k]) for k in counted], device=device), "sum").tolist()
@@ -383,7 +381,7 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
     out.update({
         "advantage/abs_mean": advantages.abs().mean(),
         "frac_degenerate_groups": float((spread[first] == 0).float().mean()),
-        "group_size/mean": len(rows.group_ids) / float(first.sum()),
+        "group_size/mean": len(rows.group_ids) / float(len(first)),
         "group_size/max": float(torch.unique_consecutive(rows.group_ids, return_counts=True)[1].max()),
         "completion_length/mean": rows.lengths.float().mean(),
         "completion_length/max": rows.lengths.max(),
