@@ -19,6 +19,17 @@ def group_starts(group_ids: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(new).flatten()
 
 
+def pad_sequences(seqs: list[list[int]], pad_value: int = 0, left: bool = False):
+    """Token lists -> (ids [n, width], mask [n, width]) padded on the right (or the left)."""
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad_value, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        cols = slice(width - len(q), width) if left else slice(0, len(q))
+        ids[i, cols], mask[i, cols] = torch.tensor(q, dtype=torch.long), 1
+    return ids, mask
+
+
 @dataclass
 class RolloutBatch:
     """Token tensors of N completions, N = sum of group sizes.

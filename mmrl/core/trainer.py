@@ -27,7 +27,7 @@ from mmrl.core.adapter import assert_adapter
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
-from mmrl.core.batch import RolloutBatch, group_starts
+from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.sft import supervised_warmup
 from mmrl.rewards import REWARDS, score
@@ -250,19 +250,10 @@ def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence:
 
 def stored_batch(entries: list[dict], device) -> RolloutBatch:
     """A batch of stored (prompt, completion) token lists, prompts left padded."""
-    n = len(entries)
-    p_width = max(len(e["prompt"]) for e in entries)
-    c_width = max(len(e["completion"]) for e in entries)
-    prompt_ids = torch.zeros(n, p_width, dtype=torch.long)
-    prompt_mask = torch.zeros(n, p_width, dtype=torch.long)
-    completion_ids = torch.zeros(n, c_width, dtype=torch.long)
-    completion_mask = torch.zeros(n, c_width, dtype=torch.long)
-    for i, e in enumerate(entries):
-        p, c = len(e["prompt"]), len(e["completion"])
-        prompt_ids[i, p_width - p:], prompt_mask[i, p_width - p:] = torch.tensor(e["prompt"]), 1
-        completion_ids[i, :c], completion_mask[i, :c] = torch.tensor(e["completion"]), 1
+    prompt_ids, prompt_mask = pad_sequences([e["prompt"] for e in entries], left=True)
+    completion_ids, completion_mask = pad_sequences([e["completion"] for e in entries])
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                        completion_mask=completion_mask, group_ids=torch.arange(n)).to(device)
+                        completion_mask=completion_mask, group_ids=torch.arange(len(entries))).to(device)
 
 
 @torch.no_grad()
@@ -321,7 +312,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     is split into micro-batches or processes. `batch` must already be on the accelerator's device."""
     a, t = cfg.algorithm, cfg.trainer
     world = accelerator.num_processes
-    num_groups_local = float(len(torch.unique_consecutive(batch.group_ids)))
+    num_groups_local = float(len(group_starts(batch.group_ids)))
     totals = accelerator.reduce(torch.tensor([float(len(batch)), float(batch.completion_mask.sum()), num_groups_local],
                                              device=accelerator.device), "sum")
     num_seqs, num_tokens, num_groups = (totals / world).tolist()

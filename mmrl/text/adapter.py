@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from mmrl.core.adapter import completion_mask_from_eos, group_sizes
-from mmrl.core.batch import RolloutBatch
+from mmrl.core.batch import RolloutBatch, pad_sequences
 from mmrl.core.logprobs import selective_log_softmax
 
 
@@ -70,12 +70,7 @@ class CausalLMAdapter:
         prompt_ids, prompt_mask = self._encode_prompts(examples)
         eos = self.eos_token_ids[0]
         seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in completions]
-        width = max(len(s) for s in seqs)
-        completion_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        completion_mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            completion_ids[i, :len(s)] = torch.tensor(s)
-            completion_mask[i, :len(s)] = 1
+        completion_ids, completion_mask = pad_sequences(seqs, self.tokenizer.pad_token_id)
         return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
                             examples=list(examples), completions_text=list(completions))
