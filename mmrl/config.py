@@ -43,6 +43,7 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
+    modality: str = "text"  # which adapter loads the model (scripts/eval.py): text
     name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the weights are loaded in
     trust_remote_code: bool = False
@@ -147,6 +148,40 @@ class TrainerConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """One evaluation benchmark: a shipped one by `name` (gsm8k, math500, aime24, aime25, amc23), or
+    any jsonl file through `source`. Unset fields take the shipped benchmark's value, else the default."""
+    name: str = "gsm8k"
+    source: str | None = None  # jsonl path or 'package:<name>'; None = the shipped benchmark called `name`
+    prompt_field: str | None = None  # default: question
+    answer_field: str | None = None  # default: answer
+    prompt_template: str | None = None  # default: {question}
+    reward: str | None = None  # reward function that grades a sample (default: accuracy_math)
+    reward_params: dict = field(default_factory=dict)
+    limit: int = 0  # evaluate only the first N rows (0 = all)
+    num_samples: int | None = None  # default: eval.num_samples
+    ks: list[int] | None = None  # default: eval.ks
+
+
+@dataclass
+class EvalConfig:
+    """Benchmarks, sampling and metrics for scripts/eval.py and for evaluation during training."""
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)
+    num_samples: int = 1  # n completions per problem
+    ks: list[int] = field(default_factory=lambda: [1])  # report pass@k, maj@k, mean@k for each k <= n
+    temperature: float = 0.0  # 0 = greedy decoding
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1024
+    batch_size: int = 16  # problems per generate call (each with its n samples)
+    system_prompt: str | None = None  # None: data.system_prompt, the prompt the model was trained with
+    correct_threshold: float = 1.0  # a sample counts as correct when its reward is >= this
+    cache_dir: str | None = None  # completions cache; None = <output_dir>/eval_cache
+    every: int = 0  # during training: evaluate every N steps (0 = never)
+    seed: int = 0
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/default"
     resume_from: str | None = None  # a checkpoint dir, or 'latest' (newest under output_dir/checkpoints)
@@ -159,6 +194,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ------------------------------------------------------------------ building and checking

@@ -9,8 +9,7 @@ import logging
 from mmrl.config import load_config
 from mmrl.core.trainer import train
 from mmrl.data import load_examples
-from mmrl.models.loading import load_causal_lm, prepare_for_training
-from mmrl.text import CausalLMAdapter
+from mmrl import text
 
 
 def main(argv=None):
@@ -23,11 +22,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     cfg = load_config(args.config, args.overrides)
-    model, tokenizer = load_causal_lm(cfg.model, seed=cfg.trainer.seed)
-    model = prepare_for_training(model, cfg.model)
-    adapter = CausalLMAdapter(tokenizer, max_prompt_length=cfg.data.max_prompt_length,
-                              logprob_chunk_rows=cfg.trainer.logprob_chunk_rows,
-                              temperature=cfg.rollout.temperature)
+    if cfg.model.modality != "text":
+        raise SystemExit(f"model.modality={cfg.model.modality!r}: scripts/train_text.py trains causal LMs "
+                         "(model.modality: text); use the script of that modality")
+    model, adapter = text.build(cfg)
     return train(cfg, adapter, model, load_examples(cfg.data))
 
 

@@ -27,6 +27,7 @@ METRICS = {
     "lr": "learning rate",
     "step_time_s": "wall time of the whole step",
     "world_size": "number of training processes",
+    "eval/<benchmark>/<metric>": "eval.every: pass@k, maj@k, mean@k, no_answer, length per benchmark and average",
 }
 
 

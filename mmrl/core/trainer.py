@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -30,6 +33,7 @@ from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
 from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.sft import supervised_warmup
+from mmrl.eval import evaluate, load_benchmarks, markdown_table
 from mmrl.rewards import REWARDS, score
 
 
@@ -416,6 +420,9 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     spo_adaptive = isinstance(state.advantage, SPOTracker) and \
         cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
     rows_per_pass = max(1, cfg.trainer.logprob_chunk_rows)
+    if cfg.eval.every > 0:  # load (and check) the benchmarks before the first step, not at the first eval
+        benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
+        eval_root = eval_cache_root(cfg, resume is None, accelerator)
 
     progress = tqdm(range(start, cfg.trainer.max_steps), initial=start, total=cfg.trainer.max_steps,
                     desc=cfg.algorithm.advantage, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -439,11 +446,13 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         # LOG + SAVE
         metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local)
         metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=time.perf_counter() - t0, world_size=world)
+        last = step + 1 == cfg.trainer.max_steps
+        if cfg.eval.every > 0 and ((step + 1) % cfg.eval.every == 0 or last):
+            metrics.update(evaluate_policy(cfg, accelerator, adapter, model, benchmarks, eval_root, step + 1))
         record = metrics_log.log(step + 1, metrics)
         progress.set_postfix(reward=f"{record['reward/mean']:.3f}", loss=f"{record['loss']:.4f}")
         if accelerator.is_main_process and (step + 1) % cfg.trainer.log_every == 0:
             progress.write(format_metrics(record))
-        last = step + 1 == cfg.trainer.max_steps
         if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
             checkpoint.save(accelerator, cfg.output_dir, step + 1, model, adapter, asdict(cfg),
                             save_hf_model=cfg.trainer.save_hf_model, keep=cfg.trainer.save_total_limit)
@@ -453,6 +462,31 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         accelerator.print(metrics_log.summary())
     accelerator.wait_for_everyone()
     return metrics_log
+
+
+def eval_cache_root(cfg, fresh: bool, accelerator) -> Path:
+    """In-training evaluations cache under <cache>/train; a fresh (not resumed) run clears it, since
+    its steps name different weights than the old run's."""
+    root = Path(cfg.eval.cache_dir or Path(cfg.output_dir) / "eval_cache") / "train"
+    if fresh and accelerator.is_main_process and root.exists():
+        shutil.rmtree(root)
+    accelerator.wait_for_everyone()
+    return root
+
+
+def evaluate_policy(cfg, accelerator, adapter, model, benchmarks, cache_root: Path, step: int) -> dict:
+    """Benchmarks on the current policy (eval.every): metrics `eval/<benchmark>/<metric>` for the
+    step's log line; the full result goes to <output_dir>/eval/step_XXXXXX.json."""
+    with unwrapped_for_generation(accelerator, model) as policy:
+        result = evaluate(adapter, policy, benchmarks, cfg.eval, cache_root,
+                          f"{Path(cfg.output_dir).resolve()}@step{step}", accelerator)
+    if accelerator.is_main_process:
+        out = Path(cfg.output_dir) / "eval" / f"step_{step:06d}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_json(), indent=1))
+        tqdm.write(f"eval at step {step}:\n{markdown_table(result)}")
+    named = {**result.benchmarks, "average": result.average}
+    return {f"eval/{b}/{m}": v for b, r in named.items() for m, v in r.items() if isinstance(v, float)}
 
 
 def format_metrics(record: dict) -> str:

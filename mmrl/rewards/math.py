@@ -58,3 +58,13 @@ def accuracy_math(completions, examples, completion_lengths=None, answer_key: st
         predicted = extract_answer(text)
         scores.append(1.0 if predicted and answers_match(predicted, str(example[answer_key])) else 0.0)
     return scores
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Two extracted answers are the same value (math-verify), for majority voting."""
+    return a.strip() == b.strip() or answers_match(b, a)
+
+
+# What evaluation needs beyond the grade: the answer a completion states (maj@k votes on it).
+accuracy_math.extract_answer = extract_answer
+accuracy_math.same_answer = same_answer

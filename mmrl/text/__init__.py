@@ -1,1 +1,15 @@
 from mmrl.text.adapter import CausalLMAdapter  # noqa: F401
+
+
+def build(cfg, training: bool = True):
+    """(model, adapter) for a causal LM run: the checkpoint (or tiny model) of `cfg.model`, with LoRA
+    and gradient checkpointing applied when `training`."""
+    from mmrl.models.loading import load_causal_lm, prepare_for_training
+
+    model, tokenizer = load_causal_lm(cfg.model, seed=cfg.trainer.seed)
+    if training:
+        model = prepare_for_training(model, cfg.model)
+    adapter = CausalLMAdapter(tokenizer, max_prompt_length=cfg.data.max_prompt_length,
+                              logprob_chunk_rows=cfg.trainer.logprob_chunk_rows,
+                              temperature=cfg.rollout.temperature)
+    return model, adapter

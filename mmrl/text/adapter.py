@@ -42,7 +42,8 @@ class CausalLMAdapter:
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def generate(self, model, examples: list[dict], group_size: int | list[int], rollout_cfg) -> RolloutBatch:
-        """`group_size` completions of every example (or group_size[i] of example i)."""
+        """`group_size` completions of every example (or group_size[i] of example i); greedy when
+        rollout_cfg.temperature is 0 (evaluation)."""
         sizes = group_sizes(group_size, len(examples))
         prompt_ids, prompt_mask = self._encode_prompts(examples)
         device = next(model.parameters()).device
@@ -50,9 +51,10 @@ class CausalLMAdapter:
         prompt_mask = prompt_mask.repeat_interleave(sizes, 0).to(device)
         was_training = model.training
         model.eval()
+        sampling = dict(do_sample=True, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
+                        top_k=rollout_cfg.top_k) if rollout_cfg.temperature > 0 else dict(do_sample=False)
         out = model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
-            temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k,
+            input_ids=prompt_ids, attention_mask=prompt_mask, **sampling,
             max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True)
         model.train(was_training)

@@ -71,3 +71,22 @@ def _flatten(value, prefix=""):
     if isinstance(value, (list, tuple)):
         return [(prefix, repr(value))]
     return [(prefix, repr(value))]
+
+
+@pytest.mark.slow
+def test_eval_script_splits_problems_over_two_processes(tmp_path):
+    args = [str(ROOT / "scripts" / "eval.py"), "--config", str(ROOT / "configs" / "eval_math.yaml"),
+            "model.name_or_path=tiny", "model.dtype=float32", "model.attn_implementation=null",
+            f"output_dir={tmp_path}", "eval.benchmarks=[{name: gsm8k, limit: 5}]", "eval.num_samples=2",
+            "eval.ks=[1,2]", "eval.temperature=1.0", "eval.max_new_tokens=6"]
+    run = subprocess.run([*TWO_PROCS, *args], env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shards = {p.name.rsplit(".", 2)[1]: p.read_text().splitlines() for p in (tmp_path / "eval_cache").glob("*.jsonl")}
+    rows = {rank: sorted({json.loads(line)["row"] for line in lines}) for rank, lines in shards.items()}
+    assert rows == {"rank0": [0, 2, 4], "rank1": [1, 3]}
+    two = json.loads((tmp_path / "eval.json").read_text())
+    assert two["benchmarks"]["gsm8k"]["problems"] == 5
+    # one process reads both shards and generates nothing
+    subprocess.run([sys.executable, *args], check=True, env=_env(), cwd=ROOT, capture_output=True)
+    assert len((tmp_path / "eval_cache").glob("*.rank0.jsonl").__next__().read_text().splitlines()) == 6
+    assert json.loads((tmp_path / "eval.json").read_text())["benchmarks"] == two["benchmarks"]

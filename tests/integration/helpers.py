@@ -3,8 +3,7 @@ from pathlib import Path
 from mmrl.config import load_config
 from mmrl.core.trainer import train
 from mmrl.data import load_examples
-from mmrl.models.loading import load_causal_lm, prepare_for_training
-from mmrl.text import CausalLMAdapter
+from mmrl import text
 
 ROOT = Path(__file__).parents[2]
 TINY = ROOT / "configs" / "tiny_text_grpo.yaml"
@@ -19,8 +18,6 @@ def run_text(output_dir, *overrides, method: str | None = None):
     """Train the tiny text recipe (with the method overlay configs/methods/<method>.yaml) briefly."""
     paths = [TINY] + ([ROOT / "configs" / "methods" / f"{method}.yaml"] if method else [])
     cfg = load_config(paths, [*FAST, f"output_dir={output_dir}", *overrides])
-    model, tok = load_causal_lm(cfg.model, seed=cfg.trainer.seed)
-    model = prepare_for_training(model, cfg.model)
-    adapter = CausalLMAdapter(tok, temperature=cfg.rollout.temperature)
+    model, adapter = text.build(cfg)
     log = train(cfg, adapter, model, load_examples(cfg.data))
     return log, model

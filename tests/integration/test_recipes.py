@@ -24,3 +24,18 @@ def test_text_math_recipe_on_a_local_checkpoint(tmp_path):
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert {"reward/accuracy_math/mean", "reward/format/mean", "reward/length_penalty/mean", "kl"} <= set(record)
     assert (tmp_path / "run" / "checkpoints" / "step_000001" / "model" / "config.json").exists()
+
+
+def test_eval_math_recipe_on_a_local_checkpoint(tmp_path):
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval as eval_script
+
+    ckpt = save_tiny(tmp_path / "tiny-ckpt")
+    result = eval_script.main(["--config", str(ROOT / "configs" / "eval_math.yaml"), f"model.name_or_path={ckpt}",
+                               f"output_dir={tmp_path / 'eval'}", "eval.max_new_tokens=4",
+                               *[f"eval.benchmarks.{i}.limit=2" for i in range(5)]])
+    assert list(result.benchmarks) == ["gsm8k", "math500", "aime24", "aime25", "amc23"]
+    assert result.benchmarks["aime24"]["samples"] == 16 and "maj@16" in result.benchmarks["aime24"]
+    assert result.benchmarks["gsm8k"]["samples"] == 4 and "pass@4" in result.average
+    assert (tmp_path / "eval" / "eval.json").exists()

@@ -1,0 +1,53 @@
+"""Evaluate a checkpoint on math benchmarks: pass@k, maj@k, mean@k, a markdown table and eval.json.
+
+    python scripts/eval.py --config configs/eval_math.yaml model.name_or_path=runs/x/checkpoints/step_000500/model
+    accelerate launch --num_processes 8 scripts/eval.py --config configs/eval_math.yaml model.name_or_path=<dir>
+
+Completions are cached under eval.cache_dir (default <output_dir>/eval_cache) as they are generated:
+run the same command again after an interruption and only the missing samples are drawn.
+"""
+import argparse
+import importlib
+import json
+import logging
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from mmrl.config import load_config
+from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
+
+# model.modality -> the package whose build(cfg, training) returns (model, adapter)
+MODALITIES = {"text": "mmrl.text"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, action="append", help="eval yaml (repeat to overlay)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.num_samples=4")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.model.modality not in MODALITIES:
+        raise SystemExit(f"model.modality={cfg.model.modality!r}: available {sorted(MODALITIES)}")
+    benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
+    accelerator = Accelerator()
+    model, adapter = importlib.import_module(MODALITIES[cfg.model.modality]).build(cfg, training=False)
+    model = model.to(accelerator.device).eval()
+    tiny = json.dumps({"tiny": vars(cfg.model.tiny), "seed": cfg.trainer.seed}, sort_keys=True) \
+        if cfg.model.name_or_path == "tiny" else ""
+    key = model_fingerprint(cfg.model.name_or_path, extra=f"{cfg.model.dtype}{tiny}")
+    cache_root = Path(cfg.eval.cache_dir or Path(cfg.output_dir) / "eval_cache")
+    result = evaluate(adapter, model, benchmarks, cfg.eval, cache_root, key, accelerator)
+    if accelerator.is_main_process:
+        out = Path(cfg.output_dir) / "eval.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_json(), indent=1))
+        print(markdown_table(result))
+        print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

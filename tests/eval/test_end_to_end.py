@@ -1,0 +1,51 @@
+"""The eval script on a tiny random model, and evaluation during training."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import ROOT, run_text
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import eval as eval_script  # noqa: E402
+
+
+def test_eval_script_on_ten_gsm8k_rows_writes_table_json_and_resumes(tmp_path, capsys):
+    args = ["--config", str(ROOT / "configs" / "eval_math.yaml"), "model.name_or_path=tiny",
+            "model.dtype=float32", "model.attn_implementation=null", f"output_dir={tmp_path}",
+            "eval.benchmarks=[{name: gsm8k, limit: 10}]", "eval.num_samples=2", "eval.ks=[1,2]",
+            "eval.temperature=1.0", "eval.max_new_tokens=8", "eval.batch_size=4"]
+    first = eval_script.main(args)
+    table = capsys.readouterr().out
+    assert "| gsm8k | 10 | 2 |" in table and "pass@2" in table
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["benchmarks"]["gsm8k"]["problems"] == 10
+    assert set(saved["benchmarks"]["gsm8k"]) >= {"pass@1", "pass@2", "maj@2", "mean@2", "no_answer", "length"}
+    (shard,) = (tmp_path / "eval_cache").glob("gsm8k-*.rank0.jsonl")
+    assert len(shard.read_text().splitlines()) == 20
+    stamp = shard.stat().st_mtime_ns
+    second = eval_script.main(args)  # everything cached: nothing generated, same numbers
+    assert shard.stat().st_mtime_ns == stamp and second.benchmarks == first.benchmarks
+
+
+@pytest.fixture
+def addition_bench(tmp_path):
+    path = tmp_path / "add.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
+                            for a, b in [(1, 2), (3, 4), (5, 0), (2, 2)]))
+    return path
+
+
+def test_eval_during_training_logs_metrics_and_leaves_training_unchanged(tmp_path, addition_bench):
+    bench = f"eval.benchmarks=[{{name: add, source: {addition_bench}}}]"
+    plain, _ = run_text(tmp_path / "plain", "trainer.max_steps=4")
+    with_eval, _ = run_text(tmp_path / "eval", "trainer.max_steps=4", "eval.every=3", bench,
+                            "eval.max_new_tokens=6")
+    keys = ("loss", "reward/mean", "grad_norm")
+    assert [[r[k] for k in keys] for r in with_eval.history] == [[r[k] for k in keys] for r in plain.history]
+    evals = {r["step"]: r.get("eval/add/pass@1") for r in with_eval.history}
+    assert evals[1] is None and evals[2] is None and evals[3] is not None and evals[4] is not None  # every 3 + last
+    assert "eval/average/pass@1" in with_eval.history[2]
+    assert sorted(p.name for p in (Path(tmp_path) / "eval" / "eval").glob("*.json")) == \
+        ["step_000003.json", "step_000004.json"]
