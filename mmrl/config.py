@@ -30,6 +30,8 @@ class TinyModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     vocab_size: int = 400
+    vision_depth: int = 2  # tiny VLM (model.modality: vlm) vision tower blocks
+    vision_hidden_size: int = 32
 
 
 @dataclass
@@ -42,8 +44,16 @@ class LoraConfig:
 
 
 @dataclass
+class VisionConfig:
+    """Image inputs of vision-language models (model.modality: vlm)."""
+    min_pixels: int = 3136  # each image is resized (aspect kept) to between min_pixels and max_pixels
+    max_pixels: int = 501_760
+    freeze_tower: bool = False  # keep the vision encoder's weights fixed
+
+
+@dataclass
 class ModelConfig:
-    modality: str = "text"  # which adapter loads the model (scripts/eval.py): text
+    modality: str = "text"  # text | vlm: which adapter loads the model (scripts/eval.py)
     name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the weights are loaded in
     trust_remote_code: bool = False
@@ -51,6 +61,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
 
 
 @dataclass
@@ -58,7 +69,7 @@ class SyntheticConfig:
     """Generated tasks with verifiable answers (see mmrl.data.synthetic)."""
     task: str = "addition"
     num_examples: int = 200
-    max_operand: int = 9
+    max_operand: int = 9  # largest operand (addition) or square count (shapes)
     seed: int = 0
 
 
@@ -70,7 +81,10 @@ class DataConfig:
     solution_field: str = "solution"  # reference completion for the SFT warm-up
     prompt_template: str = "{question}"  # user message, formatted with the row's fields
     system_prompt: str | None = None
-    max_prompt_length: int = 512  # prompts longer than this (in tokens) are cut from the left
+    max_prompt_length: int = 512  # text prompts longer than this (in tokens) are cut from the left
+    image_field: str = "images"  # vlm: list of local image paths (or one path in `image`)
+    image_root: str | None = None  # vlm: base of relative image paths (default: the jsonl's directory)
+    options_field: str = "options"  # multiple-choice options, listed as "A. ..." after the question
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -131,6 +145,7 @@ class SFTConfig:
     lr: float = 1e-3
     batch_size: int = 16
     target_template: str = "{solution}"
+    thought_dropout: float = 0.0  # TON: probability that a target's <think> content becomes empty ("\n\n")
 
 
 @dataclass

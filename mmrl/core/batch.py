@@ -30,6 +30,17 @@ def pad_sequences(seqs: list[list[int]], pad_value: int = 0, left: bool = False)
     return ids, mask
 
 
+def pad_extra(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-row adapter tensors along rows, zero padding every later dimension on the
+    right (pixel patches, image grids of prompts with different image sizes)."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad = [p for d in reversed(range(1, t.dim())) for p in (0, shape[d - 1] - t.shape[d])]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
+
+
 @dataclass
 class RolloutBatch:
     """Token tensors of N completions, N = sum of group sizes.
@@ -154,6 +165,6 @@ class RolloutBatch:
             completion_ids=pad([b.completion_ids for b in batches], False),
             completion_mask=pad([b.completion_mask for b in batches], False),
             group_ids=torch.cat(group_ids), **optional,
-            extras={k: torch.cat([b.extras[k] for b in batches]) for k in first.extras},
+            extras={k: pad_extra([b.extras[k] for b in batches]) for k in first.extras},
             examples=[e for b in batches for e in b.examples],
             completions_text=[t for b in batches for t in b.completions_text])

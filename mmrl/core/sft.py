@@ -5,11 +5,30 @@ with its own AdamW, each rank taking its share of every global batch.
 """
 from __future__ import annotations
 
+import random
+import re
+
 import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from mmrl.core.losses import seq_mean_token_mean
+
+
+_THINK = re.compile(r"(<think>)(.*?)(</think>)", re.DOTALL)
+EMPTY_THOUGHT = "\n\n"
+
+
+def thought_dropout(targets: list[str], p: float, seed: int) -> list[str]:
+    """TON's thought dropout ("Think or Not?", arXiv 2505.16854, sec. 3.1): each target's reasoning
+    inside <think></think> is replaced, with probability p, by the empty thought "\n\n", so the
+    SFT stage teaches both formats and RL can learn when to skip (p = 0.5 in the paper).
+    Decided once per example (the paper builds one SFT set); targets without think tags are kept."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"sft.thought_dropout={p} must be in [0, 1]")
+    rng = random.Random(seed)
+    return [_THINK.sub(lambda m: m.group(1) + EMPTY_THOUGHT + m.group(3), t, count=1) if rng.random() < p else t
+            for t in targets]
 
 
 def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) -> list[float]:
@@ -25,6 +44,8 @@ def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) ->
         targets = [s.target_template.format(**e) for e in examples]
     except KeyError as e:
         raise ValueError(f"sft.target_template refers to field {e} that the data rows lack") from None
+    if s.thought_dropout > 0:
+        targets = thought_dropout(targets, s.thought_dropout, cfg.trainer.seed)
     generator = torch.Generator().manual_seed(cfg.trainer.seed + 1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
     per_rank = s.batch_size // world

@@ -387,8 +387,10 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
 
 
 # ---------------------------------------------------------------- the loop
-def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | None = None) -> MetricsLog:
-    """Train `model` with group-relative RL as configured; returns the metrics log."""
+def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | None = None,
+          data_stats: dict | None = None) -> MetricsLog:
+    """Train `model` with group-relative RL as configured; returns the metrics log. `data_stats`
+    (e.g. {"data/skipped": rows dropped at load}) is logged with every step."""
     assert_adapter(adapter)
     accelerator = accelerator or make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
@@ -445,7 +447,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
             spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass)
         # LOG + SAVE
         metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local)
-        metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=time.perf_counter() - t0, world_size=world)
+        metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=time.perf_counter() - t0, world_size=world,
+                       **(data_stats or {}))
         last = step + 1 == cfg.trainer.max_steps
         if cfg.eval.every > 0 and ((step + 1) % cfg.eval.every == 0 or last):
             metrics.update(evaluate_policy(cfg, accelerator, adapter, model, benchmarks, eval_root, step + 1))

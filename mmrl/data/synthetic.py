@@ -15,7 +15,54 @@ def addition(num_examples: int, max_operand: int, seed: int) -> list[dict]:
     return rows
 
 
-TASKS = {"addition": addition}
+def shapes(num_examples: int, max_operand: int, seed: int, image_size: int = 56) -> list[dict]:
+    """'How many squares are there?' on a black image with 1..max_operand coloured squares, each in
+    its own cell of a 4 x 4 grid (cells of image_size / 4 pixels: one vision patch at 56 px).
+    `images` holds the PIL image; `thought` a short counting trace; `solution` the SFT target."""
+    from PIL import Image, ImageDraw
+
+    if not 1 <= max_operand <= 16:
+        raise ValueError(f"data.synthetic.max_operand={max_operand}: the shapes task counts 1..16 squares")
+    rng = random.Random(seed)
+    cell = image_size // 4
+    colours = [(230, 40, 40), (40, 200, 60), (50, 90, 230), (230, 210, 40)]
+    rows = []
+    for i in range(num_examples):
+        count = rng.randint(1, max_operand)
+        image = Image.new("RGB", (image_size, image_size))
+        draw = ImageDraw.Draw(image)
+        for c in rng.sample(range(16), count):
+            x, y = (c % 4) * cell, (c // 4) * cell
+            draw.rectangle([x + 1, y + 1, x + cell - 2, y + cell - 2], fill=rng.choice(colours))
+        thought = "count: " + " ".join(str(k) for k in range(1, count + 1))
+        rows.append({"id": f"shapes-{i}", "question": "How many squares are there?", "answer": str(count),
+                     "images": [image], "thought": thought,
+                     "solution": f"<think>{thought}</think><answer>{count}</answer>"})
+    return rows
+
+
+def colours(num_examples: int, max_operand: int, seed: int, image_size: int = 56) -> list[dict]:
+    """'What colour is the square?' on a black image with one square (side 14-28 px, anywhere) in
+    one of the first `max_operand` of red, green, blue, yellow; the answer is the colour's name."""
+    from PIL import Image, ImageDraw
+
+    names = ["red", "green", "blue", "yellow"][:max(2, min(4, max_operand))]
+    rgb = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40)}
+    rng = random.Random(seed)
+    rows = []
+    for i in range(num_examples):
+        name, side = rng.choice(names), rng.randint(14, 28)
+        x, y = rng.randint(0, image_size - side), rng.randint(0, image_size - side)
+        image = Image.new("RGB", (image_size, image_size))
+        ImageDraw.Draw(image).rectangle([x, y, x + side - 1, y + side - 1], fill=rgb[name])
+        thought = f"the square is {name}"
+        rows.append({"id": f"colours-{i}", "question": "What colour is the square?", "answer": name,
+                     "images": [image], "thought": thought,
+                     "solution": f"<think>{thought}</think><answer>{name}</answer>"})
+    return rows
+
+
+TASKS = {"addition": addition, "shapes": shapes, "colours": colours}
 
 
 def generate(task: str, num_examples: int, max_operand: int, seed: int) -> list[dict]:

@@ -15,6 +15,20 @@ def format_reward(completions, examples=None, completion_lengths=None, pattern: 
     return [1.0 if compiled.fullmatch(c.strip()) else 0.0 for c in completions]
 
 
+_THOUGHT = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+@REWARDS.register("empty_think")
+def empty_think(completions, examples=None, completion_lengths=None):
+    """1.0 if the completion's <think></think> holds only whitespace (TON's skipped thought), else 0.
+    Listed with `weight: 0` it is a metric: reward/empty_think/mean is the skip ratio."""
+    out = []
+    for c in completions:
+        m = _THOUGHT.search(c)
+        out.append(1.0 if m is not None and not m.group(1).strip() else 0.0)
+    return out
+
+
 @REWARDS.register("length_penalty")
 def overlong_penalty(completions, examples=None, completion_lengths=None, max_length: int = 4096,
                      cache_length: int = 1024, penalty_factor: float = 1.0):

@@ -1,0 +1,59 @@
+"""Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): adapter, image data, tiny test models."""
+from mmrl.vlm.adapter import VLMAdapter  # noqa: F401
+
+
+def load_vlm(model_cfg, seed: int = 0):
+    """(model, processor) from `model_cfg.name_or_path`: a local directory loadable by
+    AutoModelForImageTextToText + AutoProcessor, or 'tiny' (random Qwen2.5-VL built here)."""
+    from pathlib import Path
+
+    from mmrl.models.loading import torch_dtype
+
+    dtype = torch_dtype(model_cfg.dtype)
+    v = model_cfg.vision
+    if v.min_pixels > v.max_pixels:
+        raise ValueError(f"model.vision.min_pixels={v.min_pixels} exceeds max_pixels={v.max_pixels}")
+    if model_cfg.name_or_path == "tiny":
+        from mmrl.models.tiny import build_tokenizer
+        from mmrl.vlm.tiny import build_processor, build_tiny_vlm
+
+        t = model_cfg.tiny
+        tokenizer = build_tokenizer(vocab_size=t.vocab_size)
+        model = build_tiny_vlm(tokenizer, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                               num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+                               num_key_value_heads=t.num_key_value_heads, vision_depth=t.vision_depth,
+                               vision_hidden_size=t.vision_hidden_size, seed=seed)
+        return model.to(dtype), build_processor(tokenizer, v.min_pixels, v.max_pixels)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = model_cfg.name_or_path
+    if not Path(path).is_dir():
+        raise ValueError(f"model.name_or_path '{path}' is not a local directory (mmrl does not download)")
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs), processor
+
+
+def vision_tower(model):
+    """The vision encoder module of a Qwen-VL model (bare or wrapped)."""
+    for owner in (model, getattr(model, "model", None)):
+        tower = getattr(owner, "visual", None) if owner is not None else None
+        if tower is not None:
+            return tower
+    raise ValueError(f"{type(model).__name__} has no `visual` tower; model.vision.freeze_tower needs a Qwen-VL model")
+
+
+def build(cfg, training: bool = True):
+    """(model, adapter) for a VLM run, with LoRA / gradient checkpointing / frozen tower when `training`."""
+    from mmrl.models.loading import prepare_for_training
+
+    model, processor = load_vlm(cfg.model, seed=cfg.trainer.seed)
+    if training:
+        if cfg.model.vision.freeze_tower:
+            vision_tower(model).requires_grad_(False)
+        model = prepare_for_training(model, cfg.model)
+    adapter = VLMAdapter(processor, min_pixels=cfg.model.vision.min_pixels, max_pixels=cfg.model.vision.max_pixels,
+                         logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature)
+    return model, adapter

@@ -1,0 +1,90 @@
+"""Image prompts: jsonl rows with `images` (local paths) and a question, or the synthetic shapes task.
+
+A row's images are opened and checked when the data is loaded: a missing or unreadable image drops
+that row (counted, reported as `data/skipped`) and the run continues. URLs are refused: nothing is
+downloaded at run time. Relative paths are resolved against the jsonl file's directory (or
+`data.image_root`). Optional `options` become lettered choices after the question.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mmrl.data import read_jsonl, resolve_source, to_example
+from mmrl.data import synthetic
+
+log = logging.getLogger(__name__)
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def format_options(options: list[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def image_list(row: dict, field: str, index: int) -> list:
+    value = row.get(field, row.get("image", []))  # `image` (one path) is accepted too
+    images = value if isinstance(value, list) else [value]
+    for im in images:
+        if isinstance(im, str) and im.startswith(("http://", "https://")):
+            raise ValueError(f"row {index}: image '{im}' is a URL; mmrl does not download at run time. "
+                             f"Download it and put the local path in the '{field}' field")
+    return images
+
+
+def resolve_images(images: list, base: Path) -> list | None:
+    """Absolute paths of readable images (PIL images pass through); None if any is missing or corrupt."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        if not isinstance(im, str):
+            out.append(im)
+            continue
+        path = Path(im[7:] if im.startswith("file://") else im)
+        path = path if path.is_absolute() else base / path
+        try:
+            with Image.open(path) as opened:
+                opened.verify()
+        except (OSError, SyntaxError, ValueError) as err:
+            log.warning("skipping a row: image %s unreadable (%s)", path, err)
+            return None
+        out.append(str(path))
+    return out
+
+
+def to_image_prompt(example: dict, images: list) -> dict:
+    """Turn the user turn into Qwen-VL content: the images, then the text."""
+    messages = []
+    for m in example["prompt"]:
+        if m["role"] == "user":
+            content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": m["content"]}]
+            m = {"role": "user", "content": content}
+        messages.append(m)
+    return {**example, "prompt": messages}
+
+
+def load_image_examples(data_cfg) -> tuple[list[dict], int]:
+    """(examples, number of rows skipped for a missing or corrupt image)."""
+    if data_cfg.source == "synthetic":
+        s = data_cfg.synthetic
+        rows, base = synthetic.generate(s.task, s.num_examples, s.max_operand, s.seed), Path.cwd()
+    else:
+        path = resolve_source(data_cfg.source)
+        rows, base = read_jsonl(path), path.parent
+    if data_cfg.image_root:
+        base = Path(data_cfg.image_root)
+    examples, skipped = [], 0
+    for i, row in enumerate(rows):
+        images = resolve_images(image_list(row, data_cfg.image_field, i), base)
+        if images is None:
+            skipped += 1
+            continue
+        options = row.get(data_cfg.options_field) or []
+        if options:
+            row = {**row, data_cfg.prompt_field: f"{row[data_cfg.prompt_field]}\n{format_options(options)}"}
+        examples.append(to_image_prompt(to_example(row, data_cfg, i), images))
+    if not examples:
+        raise ValueError(f"data.source '{data_cfg.source}': no usable rows ({skipped} skipped for their images)")
+    if skipped:
+        log.warning("data: skipped %d of %d rows with a missing or unreadable image", skipped, len(rows))
+    return examples, skipped

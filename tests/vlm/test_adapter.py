@@ -1,0 +1,128 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mmrl.config import load_config
+from mmrl.config import RolloutConfig
+from mmrl.core.batch import RolloutBatch
+from mmrl.models.tiny import build_tokenizer
+from mmrl.vlm import VLMAdapter
+from mmrl.vlm.adapter import join_vision, rows_of_vision
+from mmrl.vlm.data import load_image_examples
+from mmrl.vlm.tiny import build_processor, build_tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def adapter(tok):
+    return VLMAdapter(build_processor(tok), min_pixels=28 * 28, max_pixels=84 * 84)
+
+
+@pytest.fixture
+def model(tok):
+    return build_tiny_vlm(tok, seed=0)
+
+
+def example(images, text="How many squares are there?"):
+    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": text}]
+    return {"prompt": [{"role": "user", "content": content}], "answer": "1"}
+
+
+def img(w, h, colour=(200, 30, 30)):
+    return Image.new("RGB", (w, h), colour)
+
+
+def test_vision_rows_round_trip_with_unequal_images():
+    grid = torch.tensor([[1, 2, 2], [1, 4, 2], [1, 2, 4]])  # 4, 8, 8 patches
+    pv = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)
+    rows = rows_of_vision(pv, grid, [1, 0, 2])  # row 0: image 0; row 1: none; row 2: images 1, 2
+    assert rows["pixel_values"].shape == (3, 16, 3) and rows["num_patches"].tolist() == [4, 0, 16]
+    assert rows["image_grid_thw"].shape == (3, 2, 3) and rows["num_images"].tolist() == [1, 0, 2]
+    joined = join_vision(rows)
+    torch.testing.assert_close(joined["pixel_values"], pv)
+    torch.testing.assert_close(joined["image_grid_thw"], grid)
+    picked = join_vision({k: v[[2]] for k, v in rows.items()})  # a micro-batch of one row
+    torch.testing.assert_close(picked["pixel_values"], pv[4:])
+
+
+def test_concat_pads_extras_of_different_widths(adapter):
+    a = adapter.encode([example([img(28, 28)])], ["<answer>1</answer>"])
+    b = adapter.encode([example([img(84, 56)])], ["<answer>2</answer>"])
+    both = RolloutBatch.concat([a, b])
+    assert both.extras["pixel_values"].shape[:2] == (2, b.extras["pixel_values"].shape[1])
+    torch.testing.assert_close(join_vision(both.extras)["image_grid_thw"],
+                               torch.cat([a.extras["image_grid_thw"][0], b.extras["image_grid_thw"][0]]))
+
+
+def test_batched_log_probs_equal_one_row_at_a_time(adapter, model):
+    """Left-padded prompts with different image sizes and completions of different lengths: each
+    row's log-probs in the batch equal that row scored alone (3-D rope positions included)."""
+    exs = [example([img(28, 28)]), example([img(84, 56), img(28, 56)], "Which is bigger?"), example([img(56, 56)])]
+    comps = ["<answer>1</answer>", "<think>two</think><answer>3</answer>", "4"]
+    batch = adapter.encode(exs, comps)
+    model.eval()
+    with torch.no_grad():
+        together = adapter.log_probs(model, batch)
+        for i in range(3):
+            alone = adapter.log_probs(model, adapter.encode([exs[i]], [comps[i]]))
+            n = int(batch.completion_mask[i].sum())
+            torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
+
+
+def test_vision_inputs_change_the_log_probs(adapter, model):
+    """The image reaches the model: a different picture gives different completion log-probs."""
+    with torch.no_grad():
+        red = adapter.log_probs(model, adapter.encode([example([img(56, 56)])], ["<answer>1</answer>"]))
+        blue = adapter.log_probs(model, adapter.encode([example([img(56, 56, (0, 0, 250))])], ["<answer>1</answer>"]))
+    assert (red - blue).abs().max() > 1e-4
+
+
+def test_generate_groups_share_prompt_pixels(adapter, model):
+    exs = [example([img(28, 28)]), example([img(56, 84)])]
+    out = adapter.generate(model, exs, [2, 3], RolloutConfig(max_new_tokens=5))
+    assert out.group_ids.tolist() == [0, 0, 1, 1, 1] and len(out.completions_text) == 5
+    assert out.extras["num_images"].tolist() == [1] * 5
+    torch.testing.assert_close(out.extras["pixel_values"][2], out.extras["pixel_values"][4])
+    logp = adapter.log_probs(model, out)
+    assert logp.shape == out.completion_ids.shape and torch.isfinite(logp).all()
+
+
+def test_sampled_image_token_in_a_completion_is_text(adapter, tok):
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    ids = torch.tensor([[40, pad, pad, 41, pad]])
+    assert adapter.mm_token_type_ids(ids, prompt_length=3).tolist() == [[0, 1, 1, 0, 0]]
+
+
+def write_rows(tmp_path, rows):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_missing_and_corrupt_images_skip_rows(tmp_path):
+    img(28, 28).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    rows = [{"problem": "a?", "answer": "1", "images": ["ok.png"]},
+            {"problem": "b?", "answer": "2", "images": ["missing.png"]},
+            {"problem": "c?", "answer": "3", "images": ["bad.png"]},
+            {"problem": "d?", "answer": "B", "image": "ok.png", "options": ["red", "blue"]}]
+    cfg = load_config(None, [f"data.source={write_rows(tmp_path, rows)}", "data.prompt_field=problem",
+                             "data.prompt_template='{problem}'"])
+    examples, skipped = load_image_examples(cfg.data)
+    assert skipped == 2 and [e["answer"] for e in examples] == ["1", "B"]
+    content = examples[1]["prompt"][0]["content"]
+    assert content[0] == {"type": "image", "image": str(tmp_path / "ok.png")}
+    assert content[1]["text"] == "d?\nA. red\nB. blue"
+
+
+def test_image_url_is_refused(tmp_path):
+    rows = [{"question": "a?", "answer": "1", "images": ["https://example.com/x.png"]}]
+    cfg = load_config(None, [f"data.source={write_rows(tmp_path, rows)}"])
+    with pytest.raises(ValueError, match="is a URL; mmrl does not download"):
+        load_image_examples(cfg.data)
