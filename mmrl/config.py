@@ -32,6 +32,7 @@ class TinyModelConfig:
     vocab_size: int = 400
     vision_depth: int = 2  # tiny VLM (model.modality: vlm) vision tower blocks
     vision_hidden_size: int = 32
+    vlm_family: str = "qwen2_5_vl"  # tiny VLM classes: qwen2_5_vl | qwen2_vl | qwen3_vl
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SyntheticConfig:
     task: str = "addition"
     num_examples: int = 200
     max_operand: int = 9  # largest operand (addition) or square count (shapes)
+    multiple_choice: bool = False  # colours: list the colours as options and answer with a letter
     seed: int = 0
 
 
@@ -85,6 +87,7 @@ class DataConfig:
     image_field: str = "images"  # vlm: list of local image paths (or one path in `image`)
     image_root: str | None = None  # vlm: base of relative image paths (default: the jsonl's directory)
     options_field: str = "options"  # multiple-choice options, listed as "A. ..." after the question
+    qa_inversion: float = 0.0  # vlm: TW-GRPO question-answer inversion probability (single -> multi-choice)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

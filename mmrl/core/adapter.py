@@ -19,6 +19,10 @@ class ModalityAdapter(Protocol):
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
         """Teacher-forced batch of given completions (supervised warm-up, scoring references)."""
 
+    def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """[N, C, V] logits predicting each completion token (token weightings that need the full
+        distribution, e.g. TW-GRPO, call it; optional for adapters that do not support them)."""
+
     def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
         """Per-token log-probs [N, C] of the batch's completion tokens (and entropies [N, C])."""
 

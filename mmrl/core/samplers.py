@@ -7,7 +7,10 @@ Protocol:
   sample(n) -> list[int]                     the step's n global prompt indices
   group_sizes(indices, group_size) -> list   completions per prompt (knapsack varies them)
   update(indices, successes)                 after scoring: successes[j] lists the success values
-                                             in [0, 1] of prompt indices[j]'s completions
+                                             in [0, 1] of prompt indices[j]'s completions (a sampler
+                                             with needs_completions = True also gets
+                                             completions=[token id lists of each group])
+  metrics() (optional)                       the sampler's own statistics for the step's log line
   refill                                     True: degenerate groups are dropped and the batch is
                                              refilled with new draws (DAPO dynamic sampling)
   state_dict() / load_state_dict()           plain python values and tensors, saved in checkpoints
@@ -20,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from mmrl.core.diversity import distinct_n, self_bleu
 from mmrl.core.registry import Registry
 
 SAMPLERS = Registry("prompt sampler")
@@ -163,6 +167,78 @@ class VarianceAwareSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha, self.beta = state["alpha"].numpy().copy(), state["beta"].numpy().copy()
+        self.random.load_state_dict(state["random"])
+
+
+@SAMPLERS.register("vas")
+class VarianceAwareSampling(UniformSampler):
+    """VAS, variance-aware sampling (MMR1, Leng et al., arXiv 2509.21268, sec. 3 and Alg. 1).
+
+    Per prompt x, from its latest group of N completions with pass rate P(x):
+        OVS(x) = P(1 - P)                      outcome variance
+        TDS(x) = diversity of the completions  trajectory diversity
+        VPS(x) = alpha * OVS + beta * TDS,     min-max normalised over the dataset into weights w.
+    A step's n prompts: floor(mix * n) drawn with replacement with probability proportional to w,
+    the rest uniformly (shuffled passes). TDS follows the paper, "inverse self-BLEU": 1 - self-BLEU
+    (1..3-grams) of the completions' token ids, or `diversity: distinct_3`; the official code adds
+    self-BLEU itself (a similarity) with a positive weight, which rewards low diversity.
+    Scores are refreshed from the training rollouts already made (Alg. 1's in-batch refresh, no
+    extra generation); `momentum` m blends a prompt's new VPS with its previous one
+    (v <- m v + (1 - m) v_new). A prompt never scored has P = 0.5 and TDS = 1, the highest VPS, so
+    unseen prompts are drawn first. The paper's periodic re-scoring of the whole dataset with extra
+    rollouts is not built. Defaults: alpha 0.8, beta 0.2, mix 0.5 (paper sec. 6.1)."""
+
+    needs_completions = True
+
+    def __init__(self, num_prompts: int, seed: int = 0, mix: float = 0.5, alpha: float = 0.8, beta: float = 0.2,
+                 diversity: str = "self_bleu", momentum: float = 0.0):
+        super().__init__(num_prompts, seed)
+        if not 0 <= mix <= 1 or not 0 <= momentum < 1 or alpha < 0 or beta < 0:
+            raise ValueError("sampler.params: vas needs 0 <= mix <= 1, 0 <= momentum < 1, alpha, beta >= 0")
+        if diversity not in ("self_bleu", "distinct_3"):
+            raise ValueError(f"sampler.params.diversity: '{diversity}' is not 'self_bleu' or 'distinct_3'")
+        self.mix, self.alpha, self.beta, self.diversity, self.momentum = mix, alpha, beta, diversity, momentum
+        self.vps = np.full(num_prompts, alpha * 0.25 + beta * 1.0)
+        self.random = _NumpyRandom(seed + 1)
+        self.last_weighted = 0
+
+    def weights(self) -> np.ndarray:
+        low, high = self.vps.min(), self.vps.max()
+        return (self.vps - low) / (high - low + 1e-8)
+
+    def sample(self, n: int) -> list[int]:
+        rng = self.random.rng
+        weighted = int(math.floor(self.mix * n))
+        w = self.weights()
+        p = w / w.sum() if w.sum() > 0 else np.full(self.num_prompts, 1.0 / self.num_prompts)
+        picks = [int(i) for i in rng.choice(self.num_prompts, size=weighted, replace=True, p=p)]
+        picks += super().sample(n - weighted)
+        self.last_weighted = weighted
+        return [picks[i] for i in rng.permutation(n)]
+
+    def trajectory_diversity(self, completions: list[list[int]]) -> float:
+        if self.diversity == "distinct_3":
+            return distinct_n(completions, 3)
+        return 1.0 - self_bleu(completions, 3)
+
+    def update(self, indices: list[int], successes: list[list[float]], completions=None) -> None:
+        if completions is None:
+            raise ValueError("the vas sampler needs each group's completions")
+        for i, s, group in zip(indices, successes, completions):
+            pass_rate = float(np.mean(s))
+            new = self.alpha * pass_rate * (1 - pass_rate) + self.beta * self.trajectory_diversity(group)
+            self.vps[i] = self.momentum * self.vps[i] + (1 - self.momentum) * new
+
+    def metrics(self) -> dict:
+        return {"vas/vps_mean": float(self.vps.mean()), "vas/vps_std": float(self.vps.std()),
+                "vas/weighted_prompts": float(self.last_weighted)}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "vps": torch.from_numpy(self.vps.copy()), "random": self.random.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.vps = state["vps"].numpy().copy()
         self.random.load_state_dict(state["random"])
 
 

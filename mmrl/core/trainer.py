@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +30,8 @@ from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
 from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.sft import supervised_warmup
-from mmrl.eval import evaluate, load_benchmarks, markdown_table
+from mmrl.eval import load_benchmarks
+from mmrl.eval.during_training import eval_cache_root, evaluate_policy
 from mmrl.rewards import REWARDS, score
 
 
@@ -157,6 +155,7 @@ class GlobalRows:
     example_index: torch.Tensor  # [N]
     lengths: torch.Tensor        # [N]
     offset: int                  # this rank's first row
+    completions: list | None = None  # [N] completion token id lists (only for samplers that need them)
 
     def groups(self) -> tuple[list[int], list[torch.Tensor]]:
         """(example index, row indices) of each group in order."""
@@ -165,18 +164,23 @@ class GlobalRows:
         return [int(self.example_index[r[0]]) for r in rows], list(rows)
 
 
-def gather_rows(accelerator, batch: RolloutBatch) -> GlobalRows:
-    piece = (batch.rewards.cpu(), batch.group_ids.cpu(), batch.example_index.cpu(), batch.completion_lengths.cpu())
+def gather_rows(accelerator, batch: RolloutBatch, with_completions: bool = False) -> GlobalRows:
+    tokens = None
+    if with_completions:
+        ids, mask = batch.completion_ids.cpu(), batch.completion_mask.cpu().bool()
+        tokens = [ids[j][mask[j]].tolist() for j in range(len(batch))]
+    piece = (batch.rewards.cpu(), batch.group_ids.cpu(), batch.example_index.cpu(), batch.completion_lengths.cpu(),
+             tokens)
     pieces = gather_object([piece]) if accelerator.num_processes > 1 else [piece]
     group_ids, shift, offset = [], 0, 0
-    for rank, (_, g, _, _) in enumerate(pieces):
+    for rank, (_, g, _, _, _) in enumerate(pieces):
         _, inverse = torch.unique_consecutive(g, return_inverse=True)
         group_ids.append(inverse + shift)
         shift += int(inverse.max()) + 1
         offset += len(g) if rank < accelerator.process_index else 0
     return GlobalRows(rewards=torch.cat([p[0] for p in pieces]), group_ids=torch.cat(group_ids),
                       example_index=torch.cat([p[2] for p in pieces]), lengths=torch.cat([p[3] for p in pieces]),
-                      offset=offset)
+                      offset=offset, completions=[t for p in pieces for t in p[4]] if with_completions else None)
 
 
 def merge_across_ranks(accelerator, local: dict) -> dict:
@@ -248,7 +252,11 @@ def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence:
                                        example_index=rows.example_index, divergence=divergence, **a.advantage_params)
     indices, groups = rows.groups()
     success = rows.rewards[:, 0].clamp(0, 1)  # the first reward function is the success signal
-    state.sampler.update(indices, [success[r].tolist() for r in groups])
+    if getattr(state.sampler, "needs_completions", False):
+        state.sampler.update(indices, [success[r].tolist() for r in groups],
+                             completions=[[rows.completions[j] for j in r.tolist()] for r in groups])
+    else:
+        state.sampler.update(indices, [success[r].tolist() for r in groups])
     return adv
 
 
@@ -433,13 +441,15 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
         batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
-        rows = gather_rows(accelerator, batch)
+        rows = gather_rows(accelerator, batch, with_completions=getattr(state.sampler, "needs_completions", False))
         divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \
             if spo_adaptive else None
         advantages = compute_advantages(cfg, rows, state, divergence)
+        if hasattr(state.sampler, "metrics"):
+            local.update(state.sampler.metrics())
         batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
         if weighting is not None:
-            weighting.prepare(batch)
+            weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))
         record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch)
         # UPDATE: mu optimizer steps on this batch
         local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
@@ -451,7 +461,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                        **(data_stats or {}))
         last = step + 1 == cfg.trainer.max_steps
         if cfg.eval.every > 0 and ((step + 1) % cfg.eval.every == 0 or last):
-            metrics.update(evaluate_policy(cfg, accelerator, adapter, model, benchmarks, eval_root, step + 1))
+            with unwrapped_for_generation(accelerator, model) as policy:
+                metrics.update(evaluate_policy(cfg, accelerator, adapter, policy, benchmarks, eval_root, step + 1))
         record = metrics_log.log(step + 1, metrics)
         progress.set_postfix(reward=f"{record['reward/mean']:.3f}", loss=f"{record['loss']:.4f}")
         if accelerator.is_main_process and (step + 1) % cfg.trainer.log_every == 0:
@@ -465,31 +476,6 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         accelerator.print(metrics_log.summary())
     accelerator.wait_for_everyone()
     return metrics_log
-
-
-def eval_cache_root(cfg, fresh: bool, accelerator) -> Path:
-    """In-training evaluations cache under <cache>/train; a fresh (not resumed) run clears it, since
-    its steps name different weights than the old run's."""
-    root = Path(cfg.eval.cache_dir or Path(cfg.output_dir) / "eval_cache") / "train"
-    if fresh and accelerator.is_main_process and root.exists():
-        shutil.rmtree(root)
-    accelerator.wait_for_everyone()
-    return root
-
-
-def evaluate_policy(cfg, accelerator, adapter, model, benchmarks, cache_root: Path, step: int) -> dict:
-    """Benchmarks on the current policy (eval.every): metrics `eval/<benchmark>/<metric>` for the
-    step's log line; the full result goes to <output_dir>/eval/step_XXXXXX.json."""
-    with unwrapped_for_generation(accelerator, model) as policy:
-        result = evaluate(adapter, policy, benchmarks, cfg.eval, cache_root,
-                          f"{Path(cfg.output_dir).resolve()}@step{step}", accelerator)
-    if accelerator.is_main_process:
-        out = Path(cfg.output_dir) / "eval" / f"step_{step:06d}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_json(), indent=1))
-        tqdm.write(f"eval at step {step}:\n{markdown_table(result)}")
-    named = {**result.benchmarks, "average": result.average}
-    return {f"eval/{b}/{m}": v for b, r in named.items() for m, v in r.items() if isinstance(v, float)}
 
 
 def format_metrics(record: dict) -> str:

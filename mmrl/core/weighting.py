@@ -1,8 +1,10 @@
 """Token weighting schemes, composable with any per-token policy loss.
 
 A scheme has two hooks:
-  prepare(batch)                                  once per step, on the rank's whole batch after the
+  prepare(batch, completion_logits)               once per step, on the rank's whole batch after the
                                                   advantages are known (may set batch.token_weights [N, C]);
+                                                  completion_logits(rows) gives the current policy's
+                                                  [rows, C, V] logits, no gradient;
   apply(advantages, entropy, mask, token_weights) per micro-batch at loss time, with the current
                                                   policy's per-token entropy [B, T] (detached);
                                                   returns (advantages, token_weights, stats).
@@ -14,7 +16,7 @@ import math
 
 import torch
 
-from mmrl.core.batch import RolloutBatch
+from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.losses import masked_mean
 from mmrl.core.registry import Registry
 
@@ -91,7 +93,7 @@ class ConflictTokenWeighting:
             weights[neg] = torch.where(hit_neg > 0, 0.0, weights[neg])
         return weights * mask
 
-    def prepare(self, batch: RolloutBatch) -> None:
+    def prepare(self, batch: RolloutBatch, completion_logits=None) -> None:
         weights = self.conflict_weights(batch.completion_ids, batch.completion_mask, batch.group_ids,
                                         batch.advantages).to(batch.completion_mask.device)
         batch.token_weights = weights if batch.token_weights is None else batch.token_weights * weights
@@ -118,7 +120,7 @@ class EntropyAdvantageTopK:
             raise ValueError(f"token_weighting_params.fraction: {fraction} must be in (0, 1]")
         self.fraction = fraction
 
-    def prepare(self, batch: RolloutBatch) -> None:
+    def prepare(self, batch: RolloutBatch, completion_logits=None) -> None:
         return None
 
     def apply(self, advantages, entropy, mask, token_weights):
@@ -131,3 +133,65 @@ class EntropyAdvantageTopK:
         keep &= valid
         weights = keep.to(mask.dtype) if token_weights is None else token_weights * keep.to(mask.dtype)
         return advantages, weights, {"entropy_topk/kept_frac": masked_mean(keep.float(), mask)}
+
+
+def group_divergence_weights(logits: torch.Tensor, mask: torch.Tensor, alpha: float = 1.7,
+                             clamp: float = 11.0) -> torch.Tensor:
+    """TW-GRPO token weights of one group ("Reinforcing Video Reasoning with Focused Thinking",
+    Dang et al., arXiv 2505.24718, sec. III-B; official code longmalongma/TW-GRPO
+    `compute_token_importance_kl_logs_uniform`).
+
+    logits, mask: [G, T, V], [G, T] for the G completions of one prompt, positions aligned by index.
+      l_{i,t,v} = log softmax(logits); past a completion's end, l = -log V (uniform);
+      m_{t,v}   = (1/G) sum_i l_{i,t,v};  d = clamp(m - l, -11, 11);
+      s_t       = (1/G) sum_i sum_v (exp(d) - d - 1);
+      s^_t      = (s_t - min s) / (max s - min s + 1e-8) over t < the group's longest completion;
+      w_{i,t}   = (1 + (alpha - 1) s^_t) * mask_{i,t}  in [1, alpha] on real tokens.
+    Positions where the group's completions disagree most get the largest weight."""
+    g, t, v = logits.shape
+    width = int(mask.sum(-1).max()) if mask.numel() else 0
+    if width == 0:
+        return torch.zeros_like(mask, dtype=torch.float32)
+    logp = torch.log_softmax(logits[:, :width].float(), dim=-1)
+    logp = torch.where(mask[:, :width, None].bool(), logp, torch.full_like(logp, -math.log(v)))
+    d = (logp.mean(0, keepdim=True) - logp).clamp(-clamp, clamp)
+    s = (torch.expm1(d) - d).sum(-1).mean(0)  # [width]
+    s_hat = (s - s.min()) / (s.max() - s.min() + 1e-8)
+    weights = torch.zeros(g, t, dtype=torch.float32, device=logits.device)
+    weights[:, :width] = 1.0 + (alpha - 1.0) * s_hat
+    return weights * mask.float()
+
+
+@WEIGHTINGS.register("tw_grpo")
+class TokenDivergenceWeighting:
+    """TW-GRPO token weighting (see group_divergence_weights), computed once per step from the
+    policy before the update and held fixed (detached) through the inner updates. The official code
+    leaves the weights attached to the graph, which adds a gradient through the full-vocabulary
+    divergence; that variant is not reproduced here. Pair with algorithm.aggregation: token-mean
+    (the code's sum of w * loss over all tokens / number of tokens), loss grpo with eps 0.2 /
+    eps_high 0.28 and beta 0 (configs/methods/tw_grpo.yaml)."""
+
+    def __init__(self, alpha: float = 1.7):
+        if alpha < 1:
+            raise ValueError(f"token_weighting_params.alpha={alpha} must be >= 1 (weights in [1, alpha])")
+        self.alpha = alpha
+
+    @torch.no_grad()
+    def prepare(self, batch: RolloutBatch, completion_logits=None) -> None:
+        if completion_logits is None:
+            raise ValueError("token_weighting tw_grpo needs the adapter's completion_logits")
+        weights = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+        starts = group_starts(batch.group_ids).tolist() + [len(batch)]
+        for a, b in zip(starts[:-1], starts[1:]):
+            rows = torch.arange(a, b)
+            group = batch.select(rows)
+            weights[a:b] = group_divergence_weights(completion_logits(group), group.completion_mask,
+                                                    self.alpha).cpu()
+        base = batch.token_weights.cpu() if batch.token_weights is not None else 1.0
+        batch.token_weights = (weights * base).to(batch.completion_mask.device)
+        real = batch.completion_mask.bool().cpu()
+        self.last_stats = {"tw_grpo/weight_mean": float(weights[real].mean()),
+                           "tw_grpo/weight_max": float(weights[real].max())}
+
+    def apply(self, advantages, entropy, mask, token_weights):
+        return advantages, token_weights, dict(self.last_stats)

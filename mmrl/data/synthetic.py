@@ -41,9 +41,12 @@ def shapes(num_examples: int, max_operand: int, seed: int, image_size: int = 56)
     return rows
 
 
-def colours(num_examples: int, max_operand: int, seed: int, image_size: int = 56) -> list[dict]:
+def colours(num_examples: int, max_operand: int, seed: int, image_size: int = 56,
+            multiple_choice: bool = False) -> list[dict]:
     """'What colour is the square?' on a black image with one square (side 14-28 px, anywhere) in
-    one of the first `max_operand` of red, green, blue, yellow; the answer is the colour's name."""
+    one of the first `max_operand` of red, green, blue, yellow; the answer is the colour's name.
+    With `multiple_choice`, 'What is the colour of the square?' with the colours as shuffled
+    `options` and the right option's letter as the answer."""
     from PIL import Image, ImageDraw
 
     names = ["red", "green", "blue", "yellow"][:max(2, min(4, max_operand))]
@@ -56,16 +59,22 @@ def colours(num_examples: int, max_operand: int, seed: int, image_size: int = 56
         image = Image.new("RGB", (image_size, image_size))
         ImageDraw.Draw(image).rectangle([x, y, x + side - 1, y + side - 1], fill=rgb[name])
         thought = f"the square is {name}"
-        rows.append({"id": f"colours-{i}", "question": "What colour is the square?", "answer": name,
-                     "images": [image], "thought": thought,
-                     "solution": f"<think>{thought}</think><answer>{name}</answer>"})
+        row = {"id": f"colours-{i}", "question": "What colour is the square?", "answer": name,
+               "images": [image], "thought": thought}
+        if multiple_choice:
+            options = rng.sample(names, len(names))
+            row.update(question="What is the colour of the square?", options=options,
+                       answer="ABCD"[options.index(name)])
+        row["solution"] = f"<think>{thought}</think><answer>{row['answer']}</answer>"
+        rows.append(row)
     return rows
 
 
 TASKS = {"addition": addition, "shapes": shapes, "colours": colours}
 
 
-def generate(task: str, num_examples: int, max_operand: int, seed: int) -> list[dict]:
+def generate(task: str, num_examples: int, max_operand: int, seed: int, **options) -> list[dict]:
+    """Rows of synthetic task `task`; `options` are task-specific (colours: multiple_choice)."""
     if task not in TASKS:
         raise ValueError(f"data.synthetic.task: unknown task '{task}'; valid: {sorted(TASKS)}")
-    return TASKS[task](num_examples=num_examples, max_operand=max_operand, seed=seed)
+    return TASKS[task](num_examples=num_examples, max_operand=max_operand, seed=seed, **options)

@@ -78,7 +78,8 @@ class CausalLMAdapter:
                             examples=list(examples), completions_text=list(completions))
 
     # ------------------------------------------------------------------ scoring
-    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+    def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """[N, C, V] logits predicting each completion token, at the sampling temperature."""
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -88,8 +89,11 @@ class CausalLMAdapter:
                        logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
         if self.temperature != 1.0:
             logits = logits / self.temperature
-        return selective_log_softmax(logits, batch.completion_ids, chunk_rows=self.logprob_chunk_rows,
-                                     with_entropy=with_entropy)
+        return logits
+
+    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+        return selective_log_softmax(self.completion_logits(model, batch), batch.completion_ids,
+                                     chunk_rows=self.logprob_chunk_rows, with_entropy=with_entropy)
 
     def save_pretrained(self, directory) -> None:
         self.tokenizer.save_pretrained(directory)

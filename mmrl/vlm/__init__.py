@@ -22,8 +22,8 @@ def load_vlm(model_cfg, seed: int = 0):
         model = build_tiny_vlm(tokenizer, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
                                num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
                                num_key_value_heads=t.num_key_value_heads, vision_depth=t.vision_depth,
-                               vision_hidden_size=t.vision_hidden_size, seed=seed)
-        return model.to(dtype), build_processor(tokenizer, v.min_pixels, v.max_pixels)
+                               vision_hidden_size=t.vision_hidden_size, seed=seed, family=t.vlm_family)
+        return model.to(dtype), build_processor(tokenizer, v.min_pixels, v.max_pixels, family=t.vlm_family)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = model_cfg.name_or_path

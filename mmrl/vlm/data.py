@@ -67,10 +67,15 @@ def load_image_examples(data_cfg) -> tuple[list[dict], int]:
     """(examples, number of rows skipped for a missing or corrupt image)."""
     if data_cfg.source == "synthetic":
         s = data_cfg.synthetic
-        rows, base = synthetic.generate(s.task, s.num_examples, s.max_operand, s.seed), Path.cwd()
+        extra = {"multiple_choice": True} if s.multiple_choice else {}
+        rows, base = synthetic.generate(s.task, s.num_examples, s.max_operand, s.seed, **extra), Path.cwd()
     else:
         path = resolve_source(data_cfg.source)
         rows, base = read_jsonl(path), path.parent
+    if data_cfg.qa_inversion > 0:
+        from mmrl.vlm.qai import invert_some
+        rows = invert_some(rows, data_cfg.qa_inversion, data_cfg.synthetic.seed, prompt_field=data_cfg.prompt_field,
+                           answer_field=data_cfg.answer_field, options_field=data_cfg.options_field)
     if data_cfg.image_root:
         base = Path(data_cfg.image_root)
     examples, skipped = [], 0

@@ -106,3 +106,38 @@ def test_dynamic_filter_flags_refill_and_checks_rounds():
     with pytest.raises(ValueError, match="max_rounds"):
         samplers.build("dynamic_filter", 4, params={"max_rounds": 0})
     assert math.isclose(sum(samplers.build("uniform", 4).group_sizes([0, 1], 8)), 16)
+
+
+def test_sentence_bleu_hand_computed():
+    from mmrl.core.diversity import distinct_n, self_bleu, sentence_bleu
+
+    assert sentence_bleu([1, 2, 3], [[1, 2, 3]]) == pytest.approx(1.0)
+    # unigrams 3/4, bigrams 1/3, trigrams 0 -> smoothed 0.1/2; equal lengths: no brevity penalty
+    assert sentence_bleu([1, 2, 3, 4], [[1, 2, 5, 4]]) == pytest.approx((0.75 * (1 / 3) * 0.05) ** (1 / 3))
+    # brevity penalty exp(1 - 4/3) against the closest reference length 4
+    assert sentence_bleu([1, 2, 3], [[1, 2, 3, 4]]) == pytest.approx(math.exp(1 - 4 / 3))
+    assert self_bleu([[1, 2, 3], [1, 2, 3]]) == pytest.approx(1.0)
+    assert distinct_n([[1, 2, 3, 4], [1, 2, 3, 5]], 3) == pytest.approx(3 / 4)
+
+
+def test_vas_scores_weights_and_mixed_draws():
+    from mmrl.core.samplers import build
+
+    vas = build("vas", 4, seed=0, params={"mix": 0.5, "alpha": 0.8, "beta": 0.2})
+    same = [[5, 6, 7]] * 4
+    vas.update([0], [[1, 0, 1, 0]], completions=[same])  # OVS 0.25, TDS 1 - 1 = 0 -> 0.2
+    assert vas.vps[0] == pytest.approx(0.2)
+    # OVS 0; BLEUs (1/3 * 0.05 * 0.1)^(1/3) for the first three, (1 * 0.05 * 0.1)^(1/3) for [1, 5, 9]
+    vas.update([1], [[1, 1, 1, 1]], completions=[[[1, 2, 3], [4, 5, 6], [7, 8, 9], [1, 5, 9]]])
+    bleus = [(1 / 3 * 0.05 * 0.1) ** (1 / 3)] * 3 + [(0.05 * 0.1) ** (1 / 3)]
+    assert vas.vps[1] == pytest.approx(0.2 * (1 - sum(bleus) / 4))
+    vas.vps[:] = [0.1, 0.1, 0.1, 0.5]  # only prompt 3 has weight after min-max normalisation
+    assert vas.weights().tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0])
+    drawn = vas.sample(4)
+    assert drawn.count(3) >= 2 and vas.last_weighted == 2  # floor(0.5 * 4) weighted draws, all prompt 3
+    state = vas.state_dict()
+    again = build("vas", 4, seed=0, params={"mix": 0.5})
+    again.load_state_dict(state)
+    assert again.sample(4) == vas.sample(4)
+    with pytest.raises(ValueError, match="completions"):
+        vas.update([0], [[1.0]])

@@ -71,3 +71,38 @@ def test_unknown_weighting_and_bad_params():
         weighting.make("nope")
     with pytest.raises(ValueError, match="fraction"):
         weighting.make("entropy_topk", {"fraction": 0})
+
+
+def _logits(probs):
+    return torch.log(torch.tensor(probs, dtype=torch.float32))
+
+
+def test_tw_grpo_weights_hand_computed():
+    """G=2, V=2. t=0: both 50/50 -> s=0. t=1: 80/20 vs 20/80 -> d=(-ln2, ln2), s=0.5.
+    t=2: 50/50 vs 80/20 -> k = 0.1205 and 0.1486, s=0.13455 -> s^ = 0.2691, w = 1 + 0.7 s^ = 1.1884."""
+    from mmrl.core.weighting import group_divergence_weights
+
+    logits = torch.stack([_logits([[0.5, 0.5], [0.8, 0.2], [0.5, 0.5]]),
+                          _logits([[0.5, 0.5], [0.2, 0.8], [0.8, 0.2]])])
+    w = group_divergence_weights(logits, torch.ones(2, 3), alpha=1.7)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.7, 1.1884]] * 2), atol=2e-4, rtol=0)
+    # a completion that ended: its row counts as uniform at that position and gets weight 0 there
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    w = group_divergence_weights(logits, mask, alpha=1.7)
+    assert w[1, 2] == 0 and w[0, 2] == pytest.approx(1.0)  # t=2: 50/50 vs uniform agree -> s=0 -> w=1
+    assert w[0, 1] == pytest.approx(1.7)
+
+
+def test_tw_grpo_prepare_weights_each_group_from_the_policy_logits():
+    from mmrl.core.batch import RolloutBatch
+
+    logits = torch.stack([_logits([[0.5, 0.5], [0.8, 0.2], [0.5, 0.5]]),
+                          _logits([[0.5, 0.5], [0.2, 0.8], [0.8, 0.2]])]).repeat(2, 1, 1)
+    batch = RolloutBatch(prompt_ids=torch.zeros(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1),
+                         completion_ids=torch.zeros(4, 3, dtype=torch.long), completion_mask=torch.ones(4, 3),
+                         group_ids=torch.tensor([0, 0, 1, 1]))
+    scheme = weighting.make("tw_grpo", {"alpha": 2.0})
+    scheme.prepare(batch, completion_logits=lambda rows: logits[:len(rows)])
+    torch.testing.assert_close(batch.token_weights[2], torch.tensor([1.0, 2.0, 1.2691]), atol=2e-4, rtol=0)
+    _, weights, stats = scheme.apply(torch.ones(4), None, batch.completion_mask, batch.token_weights)
+    assert weights is batch.token_weights and stats["tw_grpo/weight_max"] == pytest.approx(2.0)

@@ -126,3 +126,25 @@ def test_image_url_is_refused(tmp_path):
     cfg = load_config(None, [f"data.source={write_rows(tmp_path, rows)}"])
     with pytest.raises(ValueError, match="is a URL; mmrl does not download"):
         load_image_examples(cfg.data)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_other_qwen_vl_families_batch_equals_alone_and_round_trip(tok, family, tmp_path):
+    """Qwen2-VL and Qwen3-VL (patch 16) through the same adapter, loaded back from a local dir."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from mmrl.vlm.tiny import save_tiny_vlm
+
+    save_tiny_vlm(tmp_path, family=family)
+    model, processor = AutoModelForImageTextToText.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)
+    adapter = VLMAdapter(processor, min_pixels=32 * 32, max_pixels=96 * 96)
+    exs = [example([img(32, 32)]), example([img(96, 64)], "Which?")]
+    comps = ["<answer>1</answer>", "<think>x</think><answer>2</answer>"]
+    batch = adapter.encode(exs, comps)
+    with torch.no_grad():
+        together = adapter.log_probs(model.eval(), batch)
+        for i in range(2):
+            alone = adapter.log_probs(model, adapter.encode([exs[i]], [comps[i]]))
+            n = int(batch.completion_mask[i].sum())
+            torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
+    out = adapter.generate(model, exs, 2, RolloutConfig(max_new_tokens=4))
+    assert len(out) == 4

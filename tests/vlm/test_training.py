@@ -48,6 +48,27 @@ def test_ton_recipe_runs_and_logs_the_skip_ratio(tmp_path):
     assert {"reward/empty_think/mean", "reward/accuracy_task/mean", "completion_length/mean"} <= set(log.history[-1])
 
 
+@pytest.mark.parametrize("method", ["grpo", "ton", "vas", "twgrpo"])
+def test_real_size_recipe_on_a_local_checkpoint(tmp_path, method):
+    """configs/vlm_<method>_qwen25vl_7b.yaml as shipped, on a tiny checkpoint and an image jsonl."""
+    from PIL import Image
+    from mmrl.vlm.tiny import save_tiny_vlm
+
+    ckpt = save_tiny_vlm(tmp_path / "ckpt")
+    for i, colour in enumerate(["red", "blue"]):
+        Image.new("RGB", (56, 56), colour).save(tmp_path / f"{i}.png")
+    rows = [{"images": [f"{i}.png"], "problem": "What is the colour of the square?", "options": ["red", "blue", "green"],
+             "answer": "AB"[i], "solution": f"<think>look</think><answer>{'AB'[i]}</answer>"} for i in range(2)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = train_vlm.main(["--config", str(ROOT / "configs" / f"vlm_{method}_qwen25vl_7b.yaml"),
+                          f"model.name_or_path={ckpt}", f"data.source={tmp_path / 'train.jsonl'}",
+                          f"output_dir={tmp_path / 'run'}", "model.dtype=float32", "trainer.max_steps=1",
+                          "trainer.prompts_per_step=2", "trainer.gradient_accumulation_steps=2",
+                          "rollout.group_size=2", "rollout.max_new_tokens=6", "sft.steps=2", "sft.batch_size=2",
+                          "model.vision.min_pixels=3136", "model.vision.max_pixels=3136"])
+    assert log.history[-1]["step"] == 1 and (tmp_path / "run" / "checkpoints" / "step_000001" / "model").exists()
+
+
 @pytest.mark.slow
 def test_tiny_vlm_demo_raises_accuracy(tmp_path):
     """The shipped demo recipe: accuracy (first vs last 20% of RL steps) rises by >= 0.2."""
