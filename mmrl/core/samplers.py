@@ -182,17 +182,26 @@ class VarianceAwareSampling(UniformSampler):
     the rest uniformly (shuffled passes). TDS follows the paper, "inverse self-BLEU": 1 - self-BLEU
     (1..3-grams) of the completions' token ids, or `diversity: distinct_3`; the official code adds
     self-BLEU itself (a similarity) with a positive weight, which rewards low diversity.
-    Scores are refreshed from the training rollouts already made (Alg. 1's in-batch refresh, no
-    extra generation); `momentum` m blends a prompt's new VPS with its previous one
-    (v <- m v + (1 - m) v_new). A prompt never scored has P = 0.5 and TDS = 1, the highest VPS, so
-    unseen prompts are drawn first. The paper's periodic re-scoring of the whole dataset with extra
-    rollouts is not built. Defaults: alpha 0.8, beta 0.2, mix 0.5 (paper sec. 6.1)."""
+    Refresh: by default from the training rollouts already made (Alg. 1's in-batch refresh, no
+    extra generation). `rescore_every: T` adds the paper's periodic re-scoring: before step 0 and
+    every T steps the trainer generates `rescore_group_size` fresh completions of every prompt
+    (mmrl/core/rescoring.py) and updates all scores; `refresh_in_batch: false` then keeps only the
+    periodic scores, as the official code does. `momentum` m blends a prompt's new VPS with its
+    previous one (v <- m v + (1 - m) v_new). A prompt never scored has P = 0.5 and TDS = 1, the
+    highest VPS, so unseen prompts are drawn first. Defaults: alpha 0.8, beta 0.2, mix 0.5
+    (paper sec. 6.1; its T = 35 and N = 32 are the rescore settings of the 7B runs)."""
 
     needs_completions = True
 
     def __init__(self, num_prompts: int, seed: int = 0, mix: float = 0.5, alpha: float = 0.8, beta: float = 0.2,
-                 diversity: str = "self_bleu", momentum: float = 0.0):
+                 diversity: str = "self_bleu", momentum: float = 0.0, rescore_every: int = 0,
+                 rescore_group_size: int = 8, refresh_in_batch: bool = True):
         super().__init__(num_prompts, seed)
+        if rescore_every < 0 or rescore_group_size < 1 or (not refresh_in_batch and rescore_every == 0):
+            raise ValueError("sampler.params: vas needs rescore_every >= 0, rescore_group_size >= 1, and "
+                             "rescore_every > 0 when refresh_in_batch is false (else the scores never change)")
+        self.rescore_every, self.rescore_group_size = rescore_every, rescore_group_size
+        self.refresh_in_batch = refresh_in_batch
         if not 0 <= mix <= 1 or not 0 <= momentum < 1 or alpha < 0 or beta < 0:
             raise ValueError("sampler.params: vas needs 0 <= mix <= 1, 0 <= momentum < 1, alpha, beta >= 0")
         if diversity not in ("self_bleu", "distinct_3"):
@@ -221,9 +230,12 @@ class VarianceAwareSampling(UniformSampler):
             return distinct_n(completions, 3)
         return 1.0 - self_bleu(completions, 3)
 
-    def update(self, indices: list[int], successes: list[list[float]], completions=None) -> None:
+    def update(self, indices: list[int], successes: list[list[float]], completions=None,
+               rescoring: bool = False) -> None:
         if completions is None:
             raise ValueError("the vas sampler needs each group's completions")
+        if not (rescoring or self.refresh_in_batch):
+            return
         for i, s, group in zip(indices, successes, completions):
             pass_rate = float(np.mean(s))
             new = self.alpha * pass_rate * (1 - pass_rate) + self.beta * self.trajectory_diversity(group)

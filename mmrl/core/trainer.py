@@ -28,7 +28,10 @@ from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
 from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
+from mmrl.core.logprobs import selective_log_softmax
 from mmrl.core.metrics import MetricsLog
+from mmrl.core.policy import reference_policy, unwrapped_for_generation
+from mmrl.core.rescoring import rescore_due, rescore_prompts
 from mmrl.core.sft import supervised_warmup
 from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
@@ -101,29 +104,6 @@ def build_scheduler(optimizer, optim_cfg, total_steps: int):
     if optim_cfg.scheduler not in ("constant", "linear", "cosine"):
         raise ValueError(f"optim.scheduler: '{optim_cfg.scheduler}' is not one of constant, linear, cosine")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@contextlib.contextmanager
-def unwrapped_for_generation(accelerator, model):
-    """The bare model, with ZeRO-3 shards gathered for the duration of generation."""
-    unwrapped = accelerator.unwrap_model(model)
-    ds = getattr(accelerator.state, "deepspeed_plugin", None)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and ds is not None and ds.zero_stage == 3:
-        import deepspeed
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            yield unwrapped
-    else:
-        yield unwrapped
-
-
-@contextlib.contextmanager
-def reference_policy(accelerator, model, ref_model):
-    """The frozen reference: a separate copy, or (LoRA) the same model with adapters disabled."""
-    if ref_model is not None:
-        yield ref_model
-    else:
-        with accelerator.unwrap_model(model).disable_adapter():
-            yield model
 
 
 # ---------------------------------------------------------------- state
@@ -328,7 +308,8 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     totals = accelerator.reduce(torch.tensor([float(len(batch)), float(batch.completion_mask.sum()), num_groups_local],
                                              device=accelerator.device), "sum")
     num_seqs, num_tokens, num_groups = (totals / world).tolist()
-    whole_groups = getattr(losses.LOSSES.get(a.loss), "whole_groups", False)
+    whole_groups = getattr(losses.LOSSES.get(a.loss), "whole_groups", False) or getattr(weighting, "whole_groups", False)
+    with_logits = getattr(weighting, "needs_logits", False)  # weights computed in the loss's own forward
     chunks = batch.micro_batches(t.gradient_accumulation_steps, whole_groups=whole_groups)
     stats_sum: dict[str, float] = {}
     for iteration in range(a.num_iterations):
@@ -336,12 +317,20 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
         for k, mb in enumerate(chunks):
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
-                logp, entropy = adapter.log_probs(model, mb, with_entropy=True)
+                if with_logits:
+                    logits = adapter.completion_logits(model, mb)
+                    logp, entropy = selective_log_softmax(logits, mb.completion_ids, with_entropy=True,
+                                                          chunk_rows=getattr(adapter, "logprob_chunk_rows", 4))
+                    context = {"logits": logits, "group_ids": mb.group_ids}
+                else:
+                    logp, entropy = adapter.log_probs(model, mb, with_entropy=True)
+                    context = {}
                 mask = mb.completion_mask
                 old = mb.old_logp if mb.old_logp is not None else logp.detach()
                 adv, weights, extra = mb.advantages, mb.token_weights, {}
                 if weighting is not None:
-                    adv, weights, extra = weighting.apply(adv, entropy.detach(), mask.to(entropy.dtype), weights)
+                    adv, weights, extra = weighting.apply(adv, entropy.detach(), mask.to(entropy.dtype), weights,
+                                                          **context)
                 loss, stats = losses.compute(
                     a.loss, logp, old, adv, mask, ref_logp=mb.ref_logp,
                     aggregation=a.aggregation, beta=a.beta, kl_estimator=a.kl_estimator,
@@ -438,6 +427,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                     desc=cfg.algorithm.advantage, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for step in progress:
         t0 = time.perf_counter()
+        if rescore_due(state.sampler, step):  # VAS with rescore_every: fresh rollouts of every prompt
+            rescored = rescore_prompts(cfg, accelerator, adapter, model, examples, state.sampler)
         # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
         batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
@@ -447,6 +438,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         advantages = compute_advantages(cfg, rows, state, divergence)
         if hasattr(state.sampler, "metrics"):
             local.update(state.sampler.metrics())
+        if rescore_due(state.sampler, step):
+            local["vas/rescored_completions"] = rescored
         batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
         if weighting is not None:
             weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))

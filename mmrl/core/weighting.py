@@ -164,34 +164,51 @@ def group_divergence_weights(logits: torch.Tensor, mask: torch.Tensor, alpha: fl
 
 @WEIGHTINGS.register("tw_grpo")
 class TokenDivergenceWeighting:
-    """TW-GRPO token weighting (see group_divergence_weights), computed once per step from the
-    policy before the update and held fixed (detached) through the inner updates. The official code
-    leaves the weights attached to the graph, which adds a gradient through the full-vocabulary
-    divergence; that variant is not reproduced here. Pair with algorithm.aggregation: token-mean
-    (the code's sum of w * loss over all tokens / number of tokens), loss grpo with eps 0.2 /
-    eps_high 0.28 and beta 0 (configs/methods/tw_grpo.yaml)."""
+    """TW-GRPO token weighting (see group_divergence_weights).
 
-    def __init__(self, alpha: float = 1.7):
+    detach=True (default): computed once per step from the policy before the update and held fixed
+    through the inner updates, the weights are constants of the loss.
+    detach=False reproduces the official code, where the weights are computed inside the loss's
+    forward from the current policy and stay attached to the graph, adding a gradient through the
+    full-vocabulary divergence; micro-batches then hold whole groups.
+    Pair with algorithm.aggregation: token-mean (the code's sum of w * loss over all tokens / number
+    of tokens), loss grpo with eps 0.2 / eps_high 0.28 and beta 0 (configs/methods/tw_grpo.yaml)."""
+
+    def __init__(self, alpha: float = 1.7, detach: bool = True):
         if alpha < 1:
             raise ValueError(f"token_weighting_params.alpha={alpha} must be >= 1 (weights in [1, alpha])")
-        self.alpha = alpha
+        self.alpha, self.detach = alpha, detach
+        self.needs_logits = self.whole_groups = not detach
+        self.last_stats: dict = {}
+
+    def group_weights(self, logits, mask, group_ids) -> torch.Tensor:
+        starts = group_starts(group_ids).tolist() + [len(group_ids)]
+        return torch.cat([group_divergence_weights(logits[a:b], mask[a:b], self.alpha)
+                          for a, b in zip(starts[:-1], starts[1:])])
+
+    def _stats(self, weights, mask) -> dict:
+        real = mask.bool()
+        return {"tw_grpo/weight_mean": float(weights[real].mean()), "tw_grpo/weight_max": float(weights[real].max())}
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch, completion_logits=None) -> None:
+        if not self.detach:
+            return
         if completion_logits is None:
             raise ValueError("token_weighting tw_grpo needs the adapter's completion_logits")
         weights = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
         starts = group_starts(batch.group_ids).tolist() + [len(batch)]
         for a, b in zip(starts[:-1], starts[1:]):
-            rows = torch.arange(a, b)
-            group = batch.select(rows)
+            group = batch.select(torch.arange(a, b))
             weights[a:b] = group_divergence_weights(completion_logits(group), group.completion_mask,
                                                     self.alpha).cpu()
         base = batch.token_weights.cpu() if batch.token_weights is not None else 1.0
         batch.token_weights = (weights * base).to(batch.completion_mask.device)
-        real = batch.completion_mask.bool().cpu()
-        self.last_stats = {"tw_grpo/weight_mean": float(weights[real].mean()),
-                           "tw_grpo/weight_max": float(weights[real].max())}
+        self.last_stats = self._stats(weights, batch.completion_mask.cpu())
 
-    def apply(self, advantages, entropy, mask, token_weights):
-        return advantages, token_weights, dict(self.last_stats)
+    def apply(self, advantages, entropy, mask, token_weights, logits=None, group_ids=None):
+        if self.detach:
+            return advantages, token_weights, dict(self.last_stats)
+        weights = self.group_weights(logits, mask, group_ids)  # attached: gradient flows through them
+        stats = self._stats(weights.detach(), mask)
+        return advantages, weights if token_weights is None else weights * token_weights, stats

@@ -106,3 +106,43 @@ def test_tw_grpo_prepare_weights_each_group_from_the_policy_logits():
     torch.testing.assert_close(batch.token_weights[2], torch.tensor([1.0, 2.0, 1.2691]), atol=2e-4, rtol=0)
     _, weights, stats = scheme.apply(torch.ones(4), None, batch.completion_mask, batch.token_weights)
     assert weights is batch.token_weights and stats["tw_grpo/weight_max"] == pytest.approx(2.0)
+
+
+def test_tw_grpo_attached_weights_equal_detached_values_and_carry_gradient():
+    from mmrl.core.weighting import group_divergence_weights
+
+    logits = torch.stack([_logits([[0.5, 0.5], [0.8, 0.2], [0.5, 0.5]]),
+                          _logits([[0.5, 0.5], [0.2, 0.8], [0.8, 0.2]])]).requires_grad_(True)
+    mask = torch.ones(2, 3)
+    scheme = weighting.make("tw_grpo", {"alpha": 1.7, "detach": False})
+    assert scheme.needs_logits and scheme.whole_groups
+    _, w, stats = scheme.apply(torch.ones(2), None, mask, None, logits=logits, group_ids=torch.tensor([0, 0]))
+    torch.testing.assert_close(w.detach(), group_divergence_weights(logits.detach(), mask, 1.7))
+    w.sum().backward()
+    assert logits.grad.abs().sum() > 0  # the official code's weights are part of the graph
+    assert stats["tw_grpo/weight_max"] == pytest.approx(1.7)
+
+
+@pytest.mark.parametrize("lengths, differs", [((3, 3), False), ((3, 2), True)])
+def test_tw_grpo_attached_gradient_term_cancels_only_for_equal_lengths(lengths, differs):
+    """With token-mean aggregation the extra gradient of attached weights is
+    sum_t dw_t * (-sum_i A_i mask_it) / N: group-normalised advantages sum to 0, so it vanishes at
+    positions every completion reaches and survives where some completions have ended."""
+    from mmrl.core import losses
+
+    base = torch.stack([_logits([[0.6, 0.4], [0.8, 0.2], [0.3, 0.7]]),
+                        _logits([[0.5, 0.5], [0.2, 0.8], [0.8, 0.2]])])
+    mask = torch.tensor([[1.0] * lengths[0] + [0.0] * (3 - lengths[0]), [1.0] * lengths[1] + [0.0] * (3 - lengths[1])])
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    adv, groups = torch.tensor([1.0, -1.0]), torch.tensor([0, 0])
+    grads = []
+    for detach in (True, False):
+        logits = base.clone().requires_grad_(True)
+        scheme = weighting.make("tw_grpo", {"detach": detach})
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1)
+        w = scheme.group_weights(logits.detach() if detach else logits, mask, groups)
+        loss, _ = losses.compute("grpo", logp, logp.detach(), adv, mask, aggregation="token-mean",
+                                 token_weights=w, num_seqs=2.0, num_tokens=float(mask.sum()))
+        loss.backward()
+        grads.append(logits.grad.clone())
+    assert (not torch.allclose(grads[0], grads[1], atol=1e-7)) == differs

@@ -49,7 +49,7 @@ def test_train_script_runs_on_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["spo", "bnpo", "gdpo", "vade", "knapsack", "dynamic_filter"])
+@pytest.mark.parametrize("method", ["spo", "bnpo", "gdpo", "vade", "vas", "knapsack", "dynamic_filter"])
 def test_stateful_methods_stay_identical_on_every_rank(tmp_path, method):
     script = str(ROOT / "tests" / "distributed" / "state_sync.py")
     subprocess.run([*TWO_PROCS, script, str(tmp_path), method], check=True, env=_env(), cwd=ROOT,

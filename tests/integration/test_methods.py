@@ -67,3 +67,24 @@ def test_dynamic_filter_keeps_only_informative_groups(tmp_path):
             assert r["frac_degenerate_groups"] == 0
         assert r["group_size/mean"] == 4
     assert any(r["filter/shortfall_groups"] == 0 and r["filter/rounds"] >= 1 for r in log.history)
+
+
+def test_tw_grpo_attached_weights_train_with_the_same_loss_value(tmp_path):
+    warm = ("trainer.max_steps=1", "sft.steps=60", "rollout.max_new_tokens=10")  # rewards differ within groups
+    detached, _ = run_text(tmp_path / "d", *warm, method="tw_grpo")
+    attached, _ = run_text(tmp_path / "a", *warm, method="tw_grpo",
+                           *["algorithm.token_weighting_params={alpha: 1.7, detach: false}"])
+    d, a = detached.history[0], attached.history[0]
+    assert d["advantage/abs_mean"] > 0 and math.isfinite(a["grad_norm"])
+    assert a["loss"] == pytest.approx(d["loss"], abs=1e-6) and a["tw_grpo/weight_mean"] == pytest.approx(d["tw_grpo/weight_mean"])
+
+
+def test_vas_periodic_rescoring_runs_before_step_zero_and_every_t_steps(tmp_path):
+    params = "sampler.params={mix: 0.5, rescore_every: 2, rescore_group_size: 2, refresh_in_batch: false}"
+    full, _ = run_text(tmp_path / "a", "trainer.max_steps=4", "trainer.save_every=2", params, method="vas")
+    assert [r.get("vas/rescored_completions") for r in full.history] == [64, None, 64, None]  # 32 prompts x 2
+    run_text(tmp_path / "b", "trainer.max_steps=2", "trainer.save_every=2", params, method="vas")
+    resumed, _ = run_text(tmp_path / "b", "trainer.max_steps=4", "trainer.save_every=2", params,
+                          "resume_from=latest", method="vas")
+    keys = ("loss", "reward/mean", "vas/vps_mean")
+    assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
