@@ -50,6 +50,7 @@ class VisionConfig:
     min_pixels: int = 3136  # each image is resized (aspect kept) to between min_pixels and max_pixels
     max_pixels: int = 501_760
     freeze_tower: bool = False  # keep the vision encoder's weights fixed
+    share_features: bool = True  # scoring: encode each prompt's images once per group, not per completion
 
 
 @dataclass
@@ -167,7 +168,8 @@ class TrainerConfig:
 
 @dataclass
 class BenchmarkConfig:
-    """One evaluation benchmark: a shipped one by `name` (gsm8k, math500, aime24, aime25, amc23), or
+    """One evaluation benchmark: a shipped one by `name` (gsm8k, math500, aime24, aime25, amc23;
+    with images: mathvision, superclevr), or
     any jsonl file through `source`. Unset fields take the shipped benchmark's value, else the default."""
     name: str = "gsm8k"
     source: str | None = None  # jsonl path or 'package:<name>'; None = the shipped benchmark called `name`
@@ -176,6 +178,7 @@ class BenchmarkConfig:
     prompt_template: str | None = None  # default: {question}
     reward: str | None = None  # reward function that grades a sample (default: accuracy_math)
     reward_params: dict = field(default_factory=dict)
+    images: bool | None = None  # rows carry images (`images` / `image` paths): evaluated by a vlm model
     limit: int = 0  # evaluate only the first N rows (0 = all)
     num_samples: int | None = None  # default: eval.num_samples
     ks: list[int] | None = None  # default: eval.ks

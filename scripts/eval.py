@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on math benchmarks: pass@k, maj@k, mean@k, a markdown table and eval.json.
+"""Evaluate a checkpoint on math (and, for vision-language models, image) benchmarks: pass@k, maj@k,
+mean@k, a markdown table and eval.json.
 
     python scripts/eval.py --config configs/eval_math.yaml model.name_or_path=runs/x/checkpoints/step_000500/model
     accelerate launch --num_processes 8 scripts/eval.py --config configs/eval_math.yaml model.name_or_path=<dir>
@@ -18,7 +19,7 @@ from mmrl.config import load_config
 from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
 
 # model.modality -> the package whose build(cfg, training) returns (model, adapter)
-MODALITIES = {"text": "mmrl.text"}
+MODALITIES = {"text": "mmrl.text", "vlm": "mmrl.vlm"}
 
 
 def main(argv=None):
@@ -32,6 +33,10 @@ def main(argv=None):
     if cfg.model.modality not in MODALITIES:
         raise SystemExit(f"model.modality={cfg.model.modality!r}: available {sorted(MODALITIES)}")
     benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
+    with_images = [b.name for b in benchmarks if b.images]
+    if with_images and cfg.model.modality != "vlm":
+        raise SystemExit(f"benchmarks {with_images} have images: evaluate them with a vision-language model "
+                         "(model.modality: vlm)")
     accelerator = Accelerator()
     model, adapter = importlib.import_module(MODALITIES[cfg.model.modality]).build(cfg, training=False)
     model = model.to(accelerator.device).eval()

@@ -1,10 +1,11 @@
-"""Evaluation benchmarks: the math test sets shipped in mmrl/data/files, and any jsonl file.
+"""Evaluation benchmarks: the math and vision test sets shipped in mmrl/data/files, and any jsonl file.
 
     eval:
       benchmarks:
         - {name: gsm8k}                      # shipped (GSM8K test, 1319 rows)
         - {name: aime24, num_samples: 16, ks: [1, 16]}
         - {name: mine, source: /data/my_test.jsonl, prompt_field: problem, answer_field: solution}
+        - {name: mathvision, num_samples: 4, ks: [1, 4]}   # images: model.modality vlm
 
 Sources and licences of the shipped files: mmrl/data/files/README.md.
 """
@@ -23,9 +24,12 @@ SHIPPED = {
     "aime24": {"source": "package:aime24"},
     "aime25": {"source": "package:aime25"},
     "amc23": {"source": "package:amc23"},
+    # images (model.modality: vlm); multiple-choice rows list their options after the question
+    "mathvision": {"source": "package:mathvision_testmini", "images": True, "reward": "accuracy_task"},
+    "superclevr": {"source": "package:superclevr_sample", "images": True, "reward": "accuracy_task"},
 }
 DEFAULTS = {"prompt_field": "question", "answer_field": "answer", "prompt_template": "{question}",
-            "reward": "accuracy_math"}
+            "reward": "accuracy_math", "images": False}
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Benchmark:
     reward_params: dict
     num_samples: int
     ks: list[int]
+    images: bool = False  # prompts carry images: needs an adapter that takes them (vlm)
 
 
 def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
@@ -59,17 +64,21 @@ def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
                           answer_field=spec["answer_field"], prompt_template=spec["prompt_template"],
                           system_prompt=system_prompt)
     rows = read_jsonl(resolve_source(spec["source"]))
-    if bench_cfg.limit > 0:
-        rows = rows[:bench_cfg.limit]
     if not rows:
         raise ValueError(f"{where}: {spec['source']} has no rows")
     for i, row in enumerate(rows):
         if spec["answer_field"] not in row:
             raise ValueError(f"{where}: row {i} has no answer field '{spec['answer_field']}' "
                              f"(set answer_field); fields: {sorted(row)}")
-    examples = [to_example(r, data_cfg, i) for i, r in enumerate(rows)]
+    if spec["images"]:
+        from mmrl.vlm.data import load_image_examples  # images checked; unreadable rows skipped
+        examples, _ = load_image_examples(data_cfg)
+    else:
+        examples = [to_example(r, data_cfg, i) for i, r in enumerate(rows)]
+    if bench_cfg.limit > 0:
+        examples = examples[:bench_cfg.limit]
     return Benchmark(name=bench_cfg.name, source=spec["source"], examples=examples, reward=spec["reward"],
-                     reward_params=dict(spec["reward_params"]), num_samples=n, ks=ks)
+                     reward_params=dict(spec["reward_params"]), num_samples=n, ks=ks, images=spec["images"])
 
 
 def load_benchmarks(eval_cfg, system_prompt: str | None) -> list[Benchmark]:

@@ -55,5 +55,6 @@ def build(cfg, training: bool = True):
             vision_tower(model).requires_grad_(False)
         model = prepare_for_training(model, cfg.model)
     adapter = VLMAdapter(processor, min_pixels=cfg.model.vision.min_pixels, max_pixels=cfg.model.vision.max_pixels,
-                         logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature)
+                         logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature,
+                         share_vision=cfg.model.vision.share_features)
     return model, adapter

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from mmrl.core.adapter import completion_mask_from_eos, group_sizes
-from mmrl.core.batch import RolloutBatch, pad_sequences
+from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
 from mmrl.core.logprobs import selective_log_softmax
 
 
@@ -46,11 +46,36 @@ def join_vision(extras: dict) -> dict:
     return {"pixel_values": pv, "image_grid_thw": thw}
 
 
+def encode_images_once_per_group(model, extras: dict, group_ids: torch.Tensor, device):
+    """Vision-tower outputs for the rows of a batch, computed once per group (the G completions of a
+    prompt share its pixels) and repeated per row, in the `mm_encoder_outputs` form the Qwen-VL
+    forwards take instead of pixel_values. Gradients reach the tower once per group, summed over
+    its rows, exactly as G separate encodings would give."""
+    starts = group_starts(group_ids.cpu())
+    sizes = torch.diff(torch.cat([starts, torch.tensor([len(group_ids)])])).tolist()
+    unique = join_vision({k: v[starts.to(v.device)] for k, v in extras.items()})
+    out = model.get_image_features(unique["pixel_values"].to(device), unique["image_grid_thw"].to(device),
+                                   return_dict=True)
+    per_row = extras["num_images"][starts.to(extras["num_images"].device)].tolist()
+
+    def expand(per_image: tuple) -> tuple:
+        rows, k = [], 0
+        for n_img, size in zip(per_row, sizes):
+            rows += list(per_image[k:k + n_img]) * size
+            k += n_img
+        return tuple(rows)
+
+    out.pooler_output = expand(out.pooler_output)
+    if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL: per-layer features
+        out.deepstack_features = [expand(level) for level in out.deepstack_features]
+    return out
+
+
 class VLMAdapter:
     """Prompts are left padded, completions right padded; log-probs at the sampling temperature."""
 
     def __init__(self, processor, min_pixels: int = 3136, max_pixels: int = 501_760, logprob_chunk_rows: int = 4,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, share_vision: bool = True):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -58,6 +83,7 @@ class VLMAdapter:
         self.patch_size = getattr(processor.image_processor, "patch_size", 14)
         self.logprob_chunk_rows = logprob_chunk_rows
         self.temperature = temperature
+        self.share_vision = share_vision  # score: one vision-tower pass per group, not per completion
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
         ids = self.tokenizer.convert_tokens_to_ids
@@ -144,8 +170,13 @@ class VLMAdapter:
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         n_completion = batch.completion_ids.shape[1]
-        inputs = self._model_inputs(input_ids, attention_mask, batch.extras, batch.prompt_ids.device,
-                                     batch.prompt_ids.shape[1])
+        device = batch.prompt_ids.device
+        inputs = self._model_inputs(input_ids, attention_mask, batch.extras, device, batch.prompt_ids.shape[1])
+        if self.share_vision and "pixel_values" in inputs and len(group_starts(batch.group_ids.cpu())) < len(batch):
+            inputs.pop("pixel_values")
+            bare = model.module if hasattr(model, "module") else model  # DDP: the wrapped model's method
+            inputs["mm_encoder_outputs"] = {"image": encode_images_once_per_group(bare, batch.extras,
+                                                                                 batch.group_ids, device)}
         logits = model(**inputs, logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
         if self.temperature != 1.0:
             logits = logits / self.temperature

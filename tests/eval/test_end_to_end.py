@@ -49,3 +49,27 @@ def test_eval_during_training_logs_metrics_and_leaves_training_unchanged(tmp_pat
     assert "eval/average/pass@1" in with_eval.history[2]
     assert sorted(p.name for p in (Path(tmp_path) / "eval" / "eval").glob("*.json")) == \
         ["step_000003.json", "step_000004.json"]
+
+
+def test_vision_benchmarks_through_the_vlm_adapter(tmp_path):
+    args = ["--config", str(ROOT / "configs" / "eval_vision.yaml"), "model.name_or_path=tiny", "model.dtype=float32",
+            "model.attn_implementation=null", "model.vision.max_pixels=12544", f"output_dir={tmp_path}",
+            "eval.benchmarks=[{name: mathvision, limit: 3}, {name: superclevr, limit: 2}]",
+            "eval.max_new_tokens=4", "eval.num_samples=2", "eval.ks=[1,2]"]
+    result = eval_script.main(args)
+    assert result.benchmarks["mathvision"]["problems"] == 3 and result.benchmarks["superclevr"]["problems"] == 2
+    with pytest.raises(SystemExit, match="vision-language model"):
+        eval_script.main([*args, "model.modality=text"])
+
+
+def test_shipped_vision_benchmarks_load_with_images_and_options():
+    from mmrl.config import load_config
+    from mmrl.eval import load_benchmarks
+
+    cfg = load_config(None, ["eval.benchmarks=[{name: mathvision}, {name: superclevr}]"])
+    mathvision, superclevr = load_benchmarks(cfg.eval, None)
+    assert len(mathvision.examples) == 304 and len(superclevr.examples) == 248
+    mc = next(e for e in mathvision.examples if e["options"])
+    image, text = mc["prompt"][0]["content"]
+    assert image["type"] == "image" and Path(image["image"]).exists()
+    assert text["text"].endswith("\nE. " + mc["options"][4]) and mc["answer"] in "ABCDE"

@@ -148,3 +148,25 @@ def test_other_qwen_vl_families_batch_equals_alone_and_round_trip(tok, family, t
             torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
     out = adapter.generate(model, exs, 2, RolloutConfig(max_new_tokens=4))
     assert len(out) == 4
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_vision_encoded_once_per_group_gives_the_plain_gradients(tok, family):
+    """Groups of completions sharing a prompt: one vision-tower pass per group gives the same
+    log-probs and the same parameter gradients (vision tower included) as one pass per row."""
+    model = build_tiny_vlm(tok, seed=0, family=family)
+    adapter = VLMAdapter(build_processor(tok, family=family), min_pixels=32 * 32, max_pixels=96 * 96)
+    exs = [example([img(64, 64)]), example([img(96, 64, (0, 90, 200)), img(32, 32)], "Which?")]
+    out = adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=5))
+    grads = []
+    for share in (False, True):
+        adapter.share_vision = share
+        model.zero_grad()
+        logp = adapter.log_probs(model, out)
+        (logp * out.completion_mask).sum().backward()
+        grads.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain_logp, plain), (shared_logp, shared) = grads
+    torch.testing.assert_close(shared_logp, plain_logp, atol=1e-5, rtol=0)
+    assert plain.keys() == shared.keys() and any("visual" in n for n in plain)
+    for name, g in plain.items():
+        torch.testing.assert_close(shared[name], g, atol=1e-5, rtol=1e-4, msg=name)
