@@ -326,6 +326,27 @@ def load_config(path: str | Path | list | None = None, overrides: list[str] = ()
     return build(cls, tree)
 
 
+def config_from_cli(argv, description: str, modality: str | None = None, cls=Config):
+    """The run config of a script's command line: `--config` yaml files (repeatable: a base recipe,
+    then overlays) and dotted `key=value` overrides; logging set up; with `modality`, a config for
+    another model family is refused naming the field."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, action="append",
+                        help="recipe yaml under configs/; repeat to overlay a method, e.g. "
+                             "--config configs/tiny_text_grpo.yaml --config configs/methods/gdpo.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=20")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides, cls=cls)
+    if modality is not None and cfg.model.modality != modality:
+        raise SystemExit(f"model.modality={cfg.model.modality!r}: this script trains model.modality: {modality}; "
+                         "use the script of that modality")
+    return cfg
+
+
 def _parse_value(raw: str):
     """An override's value as yaml (numbers, lists, mappings); text yaml cannot read stays text."""
     if not raw.strip():

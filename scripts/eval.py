@@ -7,15 +7,13 @@ mean@k, a markdown table and eval.json.
 Completions are cached under eval.cache_dir (default <output_dir>/eval_cache) as they are generated:
 run the same command again after an interruption and only the missing samples are drawn.
 """
-import argparse
 import importlib
 import json
-import logging
 from pathlib import Path
 
 from accelerate import Accelerator
 
-from mmrl.config import load_config
+from mmrl.config import config_from_cli
 from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
 
 # model.modality -> the package whose build(cfg, training) returns (model, adapter)
@@ -23,13 +21,7 @@ MODALITIES = {"text": "mmrl.text", "vlm": "mmrl.vlm"}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, action="append", help="eval yaml (repeat to overlay)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.num_samples=4")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_cli(argv, __doc__)
     if cfg.model.modality not in MODALITIES:
         raise SystemExit(f"model.modality={cfg.model.modality!r}: available {sorted(MODALITIES)}")
     benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)

@@ -6,6 +6,7 @@ from typing import Protocol
 import torch
 
 from mmrl.core.batch import RolloutBatch
+from mmrl.core.logprobs import selective_log_softmax
 
 
 class ModalityAdapter(Protocol):
@@ -51,3 +52,18 @@ def group_sizes(group_size: int | list[int], num_examples: int) -> torch.Tensor:
     if len(group_size) != num_examples or min(group_size) < 1:
         raise ValueError(f"group sizes {group_size} do not give >= 1 completion to each of {num_examples} examples")
     return torch.as_tensor(group_size, dtype=torch.long)
+
+
+class LogProbsFromLogits:
+    """`log_probs` for adapters that define `completion_logits` (raw logits; scaled here to the
+    sampling `temperature`, the distribution the completions were drawn from)."""
+
+    temperature: float = 1.0
+    logprob_chunk_rows: int = 4
+
+    def at_temperature(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature if self.temperature != 1.0 else logits
+
+    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+        return selective_log_softmax(self.completion_logits(model, batch), batch.completion_ids,
+                                     chunk_rows=self.logprob_chunk_rows, with_entropy=with_entropy)

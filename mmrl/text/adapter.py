@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import completion_mask_from_eos, group_sizes
+from mmrl.core.adapter import LogProbsFromLogits, completion_mask_from_eos, group_sizes
 from mmrl.core.batch import RolloutBatch, pad_sequences
-from mmrl.core.logprobs import selective_log_softmax
 
 
-class CausalLMAdapter:
+class CausalLMAdapter(LogProbsFromLogits):
     """Any AutoModelForCausalLM with a chat-templated tokenizer.
 
     Prompts are left padded; completions right padded. Log-probs are scored at the sampling
@@ -87,13 +86,7 @@ class CausalLMAdapter:
         # Only the completion positions need the LM head: logits_to_keep skips the prompt's.
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                        logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        return logits
-
-    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
-        return selective_log_softmax(self.completion_logits(model, batch), batch.completion_ids,
-                                     chunk_rows=self.logprob_chunk_rows, with_entropy=with_entropy)
+        return self.at_temperature(logits)
 
     def save_pretrained(self, directory) -> None:
         self.tokenizer.save_pretrained(directory)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import completion_mask_from_eos, group_sizes
+from mmrl.core.adapter import LogProbsFromLogits, completion_mask_from_eos, group_sizes
 from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
-from mmrl.core.logprobs import selective_log_softmax
 
 
 def rows_of_vision(pixel_values: torch.Tensor, grid_thw: torch.Tensor, images_per_row: list[int]) -> dict:
@@ -71,7 +70,7 @@ def encode_images_once_per_group(model, extras: dict, group_ids: torch.Tensor, d
     return out
 
 
-class VLMAdapter:
+class VLMAdapter(LogProbsFromLogits):
     """Prompts are left padded, completions right padded; log-probs at the sampling temperature."""
 
     def __init__(self, processor, min_pixels: int = 3136, max_pixels: int = 501_760, logprob_chunk_rows: int = 4,
@@ -178,13 +177,7 @@ class VLMAdapter:
             inputs["mm_encoder_outputs"] = {"image": encode_images_once_per_group(bare, batch.extras,
                                                                                  batch.group_ids, device)}
         logits = model(**inputs, logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        return logits
-
-    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
-        return selective_log_softmax(self.completion_logits(model, batch), batch.completion_ids,
-                                     chunk_rows=self.logprob_chunk_rows, with_entropy=with_entropy)
+        return self.at_temperature(logits)
 
     def save_pretrained(self, directory) -> None:
         self.processor.save_pretrained(directory)
