@@ -22,7 +22,7 @@ METRICS = {
     "group_size/mean": "completions per prompt (group_size/max: the largest group; knapsack varies them)",
     "filter/<rounds|shortfall_groups>": "dynamic_filter: generation rounds, groups short of prompts_per_step",
     "<method>/<stat>": "method statistics: disco/*, llds/*, gtpo/*, entropy_topk/*, tw_grpo/*, vas/*",
-    "data/skipped": "rows dropped at load for a missing or unreadable image (vlm)",
+    "data/<count>": "data loading: data/skipped = rows dropped for a missing or unreadable image (vlm runs)",
     "loss": "policy loss of the last inner update",
     "grad_norm": "gradient norm before clipping (last inner update)",
     "lr": "learning rate",
