@@ -136,10 +136,14 @@ class VLMAdapter(LogProbsFromLogits):
         device = next(model.parameters()).device
         sampling = dict(do_sample=True, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
                         top_k=rollout_cfg.top_k) if rollout_cfg.temperature > 0 else dict(do_sample=False)
+        inputs = self._model_inputs(prompt_ids, prompt_mask, extras, device, prompt_ids.shape[1])
+        if self.share_vision and "pixel_values" in inputs and int(sizes.max()) > 1:
+            inputs.pop("pixel_values")  # encode each prompt's images once, not once per completion
+            group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
+            inputs["mm_encoder_outputs"] = {"image": encode_images_once_per_group(model, extras, group_ids, device)}
         was_training = model.training
         model.eval()
-        out = model.generate(**self._model_inputs(prompt_ids, prompt_mask, extras, device, prompt_ids.shape[1]),
-                             **sampling,
+        out = model.generate(**inputs, **sampling,
                              max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens,
                              pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids,
                              suppress_tokens=self.suppressed, use_cache=True)

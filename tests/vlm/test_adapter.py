@@ -170,3 +170,17 @@ def test_vision_encoded_once_per_group_gives_the_plain_gradients(tok, family):
     assert plain.keys() == shared.keys() and any("visual" in n for n in plain)
     for name, g in plain.items():
         torch.testing.assert_close(shared[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_generation_with_images_encoded_once_per_group_samples_the_same(tok, family):
+    model = build_tiny_vlm(tok, seed=0, family=family)
+    adapter = VLMAdapter(build_processor(tok, family=family), min_pixels=32 * 32, max_pixels=96 * 96)
+    exs = [example([img(64, 64)]), example([img(96, 64, (0, 90, 200)), img(32, 32)], "Which?")]
+    outs = []
+    for share in (False, True):
+        adapter.share_vision = share
+        torch.manual_seed(3)
+        outs.append(adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=8)))
+    assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)
+    assert outs[0].completions_text == outs[1].completions_text
