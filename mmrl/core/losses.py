@@ -166,6 +166,38 @@ def clipped_is_weight_loss(logp, old_logp, advantages, mask, eps_low: float = 1.
     return -weight * adv * logp, stats
 
 
+@LOSSES.register("reg_grpo")
+def regression_grpo_loss(logp, old_logp, advantages, mask, group_ids, min_std: float = 1e-6):
+    """Reg-GRPO (DeepVideo-R1, Park et al., arXiv 2506.07464, sec. 3.2): regress the group-normalised
+    advantage on the group-normalised sequence log-ratio of policy to old policy,
+        rho_i = sum_t (log pi(o_it) - log pi_old(o_it)),   A^theta_i = (rho_i - mean_G rho) / std_G rho,
+        L = mean_i (A_i - A^theta_i)^2   (+ beta KL per token, added by `compute`),
+    with no ratio clipping and no min. std is unbiased (as the GRPO advantage). Guard: where a group's
+    std of rho is below `min_std` (every first inner step, where pi = pi_old and all rho are 0) the
+    std is replaced by the constant 1, so A^theta = rho - mean rho and the gradient there is
+    -(2/B) sum_i A_i grad(log pi(o_i)) (a sequence-level policy gradient) instead of 0/0.
+    Each sequence's squared error is spread over its tokens: use aggregation seq-mean-token-mean,
+    and micro-batches of whole groups (`whole_groups`). Returns ([B, T] loss, stats)."""
+    if advantages.dim() != 1:
+        raise ValueError("reg_grpo takes sequence-level advantages [B]")
+    rho = ((logp - old_logp) * mask).sum(-1)
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    n = counts.to(rho.dtype)
+    mean = torch.zeros_like(n).index_add(0, inverse, rho)[inverse] / n[inverse]
+    centred = rho - mean
+    var = torch.zeros_like(n).index_add(0, inverse, centred ** 2)[inverse] / (n[inverse] - 1).clamp(min=1)
+    guarded = var.detach() < min_std ** 2
+    std = torch.sqrt(torch.where(guarded, torch.ones_like(var), var))  # sqrt after where: no NaN gradient
+    predicted = centred / std
+    error = (advantages - predicted) ** 2
+    stats = {"reg_grpo/error": error.detach().mean(), "reg_grpo/guarded_frac": guarded.float().mean(),
+             "reg_grpo/predicted_abs": predicted.detach().abs().mean()}
+    return error[:, None] * torch.ones_like(logp), stats
+
+
+regression_grpo_loss.whole_groups = True
+
+
 @LOSSES.register("disco")
 def discriminative_loss(logp, old_logp, advantages, mask, group_ids, num_groups=None, num_tokens=None,
                         score: str = "log_l", tau: float | None = None, dro: bool = True,

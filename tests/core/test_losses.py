@@ -282,3 +282,49 @@ def test_llds_penalises_only_falling_tokens_of_falling_responses():
     loss.backward()
     assert loss.item() == pytest.approx(0.1) and logp.grad.tolist() == [[-0.5, 0.0]]
     assert stats["llds/active_tokens"].item() == 1
+
+
+def _reg_inputs(rho, lengths=(2, 2, 2)):
+    """logp with the sequence log-ratios `rho` on the first token, old_logp 0, masks of `lengths`."""
+    T = max(lengths)
+    logp = torch.zeros(len(rho), T)
+    logp[:, 0] = torch.tensor(rho)
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths])
+    return logp.requires_grad_(True), torch.zeros_like(logp), mask
+
+
+def test_reg_grpo_hand_computed():
+    adv, groups = torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0, 0, 0])
+    logp, old, mask = _reg_inputs([0.3, 0.0, -0.3])  # mean 0, std 0.3: predicted (1, 0, -1) = A
+    loss, _ = losses.compute("reg_grpo", logp, old, adv, mask, group_ids=groups, aggregation="seq-mean-token-mean")
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+    logp, old, mask = _reg_inputs([0.2, 0.0, -0.1])  # mean 1/30, std 0.15275: (1.0911, -0.2182, -0.8729)
+    loss, stats = losses.compute("reg_grpo", logp, old, adv, mask, group_ids=groups, aggregation="seq-mean-token-mean")
+    expected = ((1 - 1.0911) ** 2 + 0.2182 ** 2 + (-1 + 0.8729) ** 2) / 3
+    assert loss.item() == pytest.approx(expected, abs=2e-4)
+    assert stats["reg_grpo/guarded_frac"] == 0
+
+
+def test_reg_grpo_first_inner_step_guard_gives_the_policy_gradient():
+    """pi = pi_old: every rho is 0, std 0 -> replaced by 1; loss = mean A^2 and
+    d loss / d logp_it = -(2/B) A_i on every real token, 0 on padding."""
+    adv, groups = torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0, 0, 0])
+    logp, old, mask = _reg_inputs([0.0, 0.0, 0.0], lengths=(2, 1, 2))
+    loss, stats = losses.compute("reg_grpo", logp, old, adv, mask, group_ids=groups, aggregation="seq-mean-token-mean")
+    assert loss.item() == pytest.approx(2 / 3) and stats["reg_grpo/guarded_frac"] == 1
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-2 / 3, -2 / 3], [0.0, 0.0], [2 / 3, 2 / 3]]) * mask)
+    assert torch.isfinite(logp.grad).all()
+
+
+def test_reg_grpo_groups_are_normalised_separately_and_take_kl():
+    adv, groups = torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.tensor([0, 0, 1, 1])
+    logp, old, mask = _reg_inputs([0.5, -0.5, 0.1, -0.1], lengths=(2, 2, 2, 2))
+    loss, _ = losses.compute("reg_grpo", logp, old, adv, mask, group_ids=groups, aggregation="seq-mean-token-mean")
+    # each group of two: unbiased std = |diff| / sqrt(2) -> predicted +-0.7071
+    assert loss.item() == pytest.approx((1 - 0.70711) ** 2, abs=1e-5)
+    ref = logp.detach() - 0.1
+    with_kl, stats = losses.compute("reg_grpo", logp, old, adv, mask, ref_logp=ref, group_ids=groups,
+                                    aggregation="seq-mean-token-mean", beta=0.1)
+    assert with_kl.item() > loss.item() and stats["kl"] > 0
+    assert losses.LOSSES.get("reg_grpo").whole_groups
