@@ -3,7 +3,10 @@ AutoProcessor of the Qwen-VL kind) on chat prompts with images.
 
 Images go through qwen_vl_utils.process_vision_info (the resizing the Qwen-VL models were trained
 with, bounded by `min_pixels` / `max_pixels`) and the processor once per prompt; the G completions
-of a group share that prompt's processed pixels. The processor's flat `pixel_values`
+of a group share that prompt's processed pixels, and the vision tower encodes them once per group,
+its outputs repeated per completion (`share_vision`, passed to the model as `mm_encoder_outputs`),
+in generation and in scoring: the same samples and gradients as encoding every row (tested). The
+processor's flat `pixel_values`
 [patches, D] / `image_grid_thw` [images, 3] are stored per row (zero padded) in `batch.extras`, so
 micro-batching and re-padding keep working, and joined back for each forward. 3-D rope positions
 need `mm_token_type_ids`, rebuilt from the token ids at every forward.
@@ -82,7 +85,7 @@ class VLMAdapter(LogProbsFromLogits):
         self.patch_size = getattr(processor.image_processor, "patch_size", 14)
         self.logprob_chunk_rows = logprob_chunk_rows
         self.temperature = temperature
-        self.share_vision = share_vision  # score: one vision-tower pass per group, not per completion
+        self.share_vision = share_vision  # one vision-tower pass per group (generate and score), not per row
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
         ids = self.tokenizer.convert_tokens_to_ids
