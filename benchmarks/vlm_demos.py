@@ -24,7 +24,8 @@ DEMOS = {  # name: (config files, accuracy key, the method's own statistics)
     "ton": ([C / "tiny_vlm_ton.yaml"], "reward/accuracy_task/mean", ["reward/empty_think/mean", "completion_length/mean"]),
     "vas": ([C / "tiny_vlm_grpo.yaml", C / "methods" / "vas.yaml"], "reward/accuracy_task/mean",
             ["vas/vps_mean", "vas/vps_std"]),
-    "twgrpo": ([C / "tiny_vlm_twgrpo.yaml"], "reward/accuracy_choice_soft/mean", ["tw_grpo/weight_mean"]),
+    "twgrpo": ([C / "tiny_vlm_twgrpo.yaml"], "reward/accuracy_choice_soft/mean",
+               ["tw_grpo/weight_mean", "tw_grpo/divergence_max"]),
 }
 
 

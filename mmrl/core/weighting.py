@@ -135,8 +135,19 @@ class EntropyAdvantageTopK:
         return advantages, weights, {"entropy_topk/kept_frac": masked_mean(keep.float(), mask)}
 
 
+def position_divergence(logits: torch.Tensor, mask: torch.Tensor, clamp: float = 11.0) -> torch.Tensor:
+    """s_t [width] of TW-GRPO for one group (see group_divergence_weights), width = the group's
+    longest completion."""
+    v = logits.shape[-1]
+    width = int(mask.sum(-1).max())
+    logp = torch.log_softmax(logits[:, :width].float(), dim=-1)
+    logp = torch.where(mask[:, :width, None].bool(), logp, torch.full_like(logp, -math.log(v)))
+    d = (logp.mean(0, keepdim=True) - logp).clamp(-clamp, clamp)
+    return (torch.expm1(d) - d).sum(-1).mean(0)
+
+
 def group_divergence_weights(logits: torch.Tensor, mask: torch.Tensor, alpha: float = 1.7,
-                             clamp: float = 11.0) -> torch.Tensor:
+                             clamp: float = 11.0, divergence: torch.Tensor | None = None) -> torch.Tensor:
     """TW-GRPO token weights of one group ("Reinforcing Video Reasoning with Focused Thinking",
     Dang et al., arXiv 2505.24718, sec. III-B; official code longmalongma/TW-GRPO
     `compute_token_importance_kl_logs_uniform`).
@@ -147,18 +158,15 @@ def group_divergence_weights(logits: torch.Tensor, mask: torch.Tensor, alpha: fl
       s_t       = (1/G) sum_i sum_v (exp(d) - d - 1);
       s^_t      = (s_t - min s) / (max s - min s + 1e-8) over t < the group's longest completion;
       w_{i,t}   = (1 + (alpha - 1) s^_t) * mask_{i,t}  in [1, alpha] on real tokens.
-    Positions where the group's completions disagree most get the largest weight."""
-    g, t, v = logits.shape
-    width = int(mask.sum(-1).max()) if mask.numel() else 0
-    if width == 0:
+    Positions where the group's completions disagree most get the largest weight. `divergence`:
+    s_t when already computed."""
+    g, t, _ = logits.shape
+    if not mask.numel() or int(mask.sum(-1).max()) == 0:
         return torch.zeros_like(mask, dtype=torch.float32)
-    logp = torch.log_softmax(logits[:, :width].float(), dim=-1)
-    logp = torch.where(mask[:, :width, None].bool(), logp, torch.full_like(logp, -math.log(v)))
-    d = (logp.mean(0, keepdim=True) - logp).clamp(-clamp, clamp)
-    s = (torch.expm1(d) - d).sum(-1).mean(0)  # [width]
+    s = position_divergence(logits, mask, clamp) if divergence is None else divergence
     s_hat = (s - s.min()) / (s.max() - s.min() + 1e-8)
     weights = torch.zeros(g, t, dtype=torch.float32, device=logits.device)
-    weights[:, :width] = 1.0 + (alpha - 1.0) * s_hat
+    weights[:, :len(s)] = 1.0 + (alpha - 1.0) * s_hat
     return weights * mask.float()
 
 
@@ -198,13 +206,18 @@ class TokenDivergenceWeighting:
             raise ValueError("token_weighting tw_grpo needs the adapter's completion_logits")
         weights = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
         starts = group_starts(batch.group_ids).tolist() + [len(batch)]
+        peaks = []
         for a, b in zip(starts[:-1], starts[1:]):
             group = batch.select(torch.arange(a, b))
-            weights[a:b] = group_divergence_weights(completion_logits(group), group.completion_mask,
-                                                    self.alpha).cpu()
+            logits = completion_logits(group)
+            s = position_divergence(logits, group.completion_mask)
+            weights[a:b] = group_divergence_weights(logits, group.completion_mask, self.alpha, divergence=s).cpu()
+            peaks.append(float(s.max()))
         base = batch.token_weights.cpu() if batch.token_weights is not None else 1.0
         batch.token_weights = (weights * base).to(batch.completion_mask.device)
-        self.last_stats = self._stats(weights, batch.completion_mask.cpu())
+        # the un-normalised divergence falls as a group's completions come to agree
+        self.last_stats = {**self._stats(weights, batch.completion_mask.cpu()),
+                           "tw_grpo/divergence_max": sum(peaks) / len(peaks)}
 
     def apply(self, advantages, entropy, mask, token_weights, logits=None, group_ids=None):
         if self.detach:

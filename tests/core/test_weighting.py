@@ -106,6 +106,7 @@ def test_tw_grpo_prepare_weights_each_group_from_the_policy_logits():
     torch.testing.assert_close(batch.token_weights[2], torch.tensor([1.0, 2.0, 1.2691]), atol=2e-4, rtol=0)
     _, weights, stats = scheme.apply(torch.ones(4), None, batch.completion_mask, batch.token_weights)
     assert weights is batch.token_weights and stats["tw_grpo/weight_max"] == pytest.approx(2.0)
+    assert stats["tw_grpo/divergence_max"] == pytest.approx(0.5, abs=1e-5)  # s_1 of both groups
 
 
 def test_tw_grpo_attached_weights_equal_detached_values_and_carry_gradient():
