@@ -5,7 +5,7 @@ from typing import Protocol
 
 import torch
 
-from mmrl.core.batch import RolloutBatch
+from mmrl.core.batch import RolloutBatch, pad_sequences
 from mmrl.core.logprobs import selective_log_softmax
 
 
@@ -52,6 +52,31 @@ def group_sizes(group_size: int | list[int], num_examples: int) -> torch.Tensor:
     if len(group_size) != num_examples or min(group_size) < 1:
         raise ValueError(f"group sizes {group_size} do not give >= 1 completion to each of {num_examples} examples")
     return torch.as_tensor(group_size, dtype=torch.long)
+
+
+def sampling_kwargs(rollout_cfg) -> dict:
+    """`generate` keyword arguments: sampling at rollout_cfg's temperature / top-p / top-k, or greedy
+    decoding when the temperature is 0 (evaluation)."""
+    if rollout_cfg.temperature > 0:
+        return dict(do_sample=True, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
+                    top_k=rollout_cfg.top_k, max_new_tokens=rollout_cfg.max_new_tokens,
+                    min_new_tokens=rollout_cfg.min_new_tokens)
+    return dict(do_sample=False, max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens)
+
+
+def sampled_completions(sequences: torch.Tensor, prompt_length: int, tokenizer, eos_token_ids: list[int]):
+    """(completion ids [N, C] padded after the first EOS, mask [N, C], decoded texts) of `generate`'s
+    output rows (prompt + completion)."""
+    completion_ids = sequences[:, prompt_length:].cpu()
+    completion_mask = completion_mask_from_eos(completion_ids, eos_token_ids)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    return completion_ids, completion_mask, tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+
+
+def tokenized_completions(tokenizer, completions: list[str], eos_token_id: int):
+    """(ids, mask) of given completion texts, each ending in EOS, right padded (teacher forcing)."""
+    seqs = [tokenizer(c, add_special_tokens=False)["input_ids"] + [eos_token_id] for c in completions]
+    return pad_sequences(seqs, tokenizer.pad_token_id)
 
 
 class LogProbsFromLogits:

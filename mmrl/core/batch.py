@@ -80,6 +80,11 @@ class RolloutBatch:
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def completion_token_lists(self) -> list[list[int]]:
+        """Each row's completion token ids without padding."""
+        ids, mask = self.completion_ids.cpu(), self.completion_mask.cpu().bool()
+        return [ids[j][mask[j]].tolist() for j in range(len(self))]
+
     def _tensor_fields(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

@@ -37,8 +37,7 @@ def rescore_prompts(cfg, accelerator, adapter, model, examples: list[dict], samp
             rewards, _, _ = score(cfg.rewards[:1], batch.completions_text, batch.examples,
                                   batch.completion_lengths.tolist())
             success = rewards[:, 0].clamp(0, 1).view(len(chunk), n).tolist()
-            ids, mask = batch.completion_ids.cpu(), batch.completion_mask.cpu().bool()
-            tokens = [ids[j][mask[j]].tolist() for j in range(len(batch))]
+            tokens = batch.completion_token_lists()
             results += [(i, success[k], tokens[k * n:(k + 1) * n]) for k, i in enumerate(chunk)]
     if world > 1:
         results = gather_object(results)

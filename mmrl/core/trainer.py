@@ -145,10 +145,7 @@ class GlobalRows:
 
 
 def gather_rows(accelerator, batch: RolloutBatch, with_completions: bool = False) -> GlobalRows:
-    tokens = None
-    if with_completions:
-        ids, mask = batch.completion_ids.cpu(), batch.completion_mask.cpu().bool()
-        tokens = [ids[j][mask[j]].tolist() for j in range(len(batch))]
+    tokens = batch.completion_token_lists() if with_completions else None
     piece = (batch.rewards.cpu(), batch.group_ids.cpu(), batch.example_index.cpu(), batch.completion_lengths.cpu(),
              tokens)
     pieces = gather_object([piece]) if accelerator.num_processes > 1 else [piece]
@@ -232,11 +229,9 @@ def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence:
                                        example_index=rows.example_index, divergence=divergence, **a.advantage_params)
     indices, groups = rows.groups()
     success = rows.rewards[:, 0].clamp(0, 1)  # the first reward function is the success signal
-    if getattr(state.sampler, "needs_completions", False):
-        state.sampler.update(indices, [success[r].tolist() for r in groups],
-                             completions=[[rows.completions[j] for j in r.tolist()] for r in groups])
-    else:
-        state.sampler.update(indices, [success[r].tolist() for r in groups])
+    extra = {"completions": [[rows.completions[j] for j in r.tolist()] for r in groups]} \
+        if getattr(state.sampler, "needs_completions", False) else {}
+    state.sampler.update(indices, [success[r].tolist() for r in groups], **extra)
     return adv
 
 

@@ -63,7 +63,8 @@ def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
     data_cfg = DataConfig(source=spec["source"], prompt_field=spec["prompt_field"],
                           answer_field=spec["answer_field"], prompt_template=spec["prompt_template"],
                           system_prompt=system_prompt)
-    rows = read_jsonl(resolve_source(spec["source"]))
+    path = resolve_source(spec["source"])
+    rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{where}: {spec['source']} has no rows")
     for i, row in enumerate(rows):
@@ -71,8 +72,8 @@ def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
             raise ValueError(f"{where}: row {i} has no answer field '{spec['answer_field']}' "
                              f"(set answer_field); fields: {sorted(row)}")
     if spec["images"]:
-        from mmrl.vlm.data import load_image_examples  # images checked; unreadable rows skipped
-        examples, _ = load_image_examples(data_cfg)
+        from mmrl.vlm.data import image_examples  # images checked; unreadable rows skipped
+        examples, _ = image_examples(rows, data_cfg, path.parent)
     else:
         examples = [to_example(r, data_cfg, i) for i, r in enumerate(rows)]
     if bench_cfg.limit > 0:

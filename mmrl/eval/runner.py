@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -38,20 +39,14 @@ def model_fingerprint(name_or_path: str, extra: str = "") -> str:
 @contextlib.contextmanager
 def preserved_rng():
     """Evaluation inside training must not move the training RNG (exact resume depends on it)."""
-    py, np_state = random.getstate(), None
-    try:
-        import numpy as np
-        np_state = np.random.get_state()
-    except ImportError:
-        np = None
+    py, np_state = random.getstate(), np.random.get_state()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         try:
             yield
         finally:
             random.setstate(py)
-            if np is not None:
-                np.random.set_state(np_state)
+            np.random.set_state(np_state)
 
 
 class CompletionCache:
@@ -128,9 +123,9 @@ def grade(bench: Benchmark, records: list[dict], threshold: float) -> dict:
     same = getattr(reward_fn, "same_answer", None)
     answers = [extract(r["completion"]) for r in flat] if extract else [None] * len(flat)
     n = bench.num_samples
+    per_row = [(correct[j * n:(j + 1) * n], answers[j * n:(j + 1) * n]) for j in range(len(rows))]
     metrics: dict[str, float] = {}
     for k in bench.ks:
-        per_row = [(correct[j * n:(j + 1) * n], answers[j * n:(j + 1) * n]) for j in range(len(rows))]
         metrics[f"pass@{k}"] = sum(pass_at_k(n, sum(c), k) for c, _ in per_row) / len(rows)
         metrics[f"mean@{k}"] = sum(mean_at_k(c, k) for c, _ in per_row) / len(rows)
         if extract and same:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import LogProbsFromLogits, completion_mask_from_eos, group_sizes
-from mmrl.core.batch import RolloutBatch, pad_sequences
+from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
+                               tokenized_completions)
+from mmrl.core.batch import RolloutBatch
 
 
 class CausalLMAdapter(LogProbsFromLogits):
@@ -50,28 +51,20 @@ class CausalLMAdapter(LogProbsFromLogits):
         prompt_mask = prompt_mask.repeat_interleave(sizes, 0).to(device)
         was_training = model.training
         model.eval()
-        sampling = dict(do_sample=True, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                        top_k=rollout_cfg.top_k) if rollout_cfg.temperature > 0 else dict(do_sample=False)
-        out = model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, **sampling,
-            max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **sampling_kwargs(rollout_cfg),
+                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True)
         model.train(was_training)
-        completion_ids = out[:, prompt_ids.shape[1]:]
-        completion_mask = completion_mask_from_eos(completion_ids, self.eos_token_ids)
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        completion_ids, completion_mask, texts = sampled_completions(out, prompt_ids.shape[1], self.tokenizer,
+                                                                     self.eos_token_ids)
         group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
         return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(),
-                            completion_ids=completion_ids.cpu(), completion_mask=completion_mask.cpu(),
+                            completion_ids=completion_ids, completion_mask=completion_mask,
                             group_ids=group_ids, examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
         prompt_ids, prompt_mask = self._encode_prompts(examples)
-        eos = self.eos_token_ids[0]
-        seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in completions]
-        completion_ids, completion_mask = pad_sequences(seqs, self.tokenizer.pad_token_id)
+        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
         return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
                             examples=list(examples), completions_text=list(completions))

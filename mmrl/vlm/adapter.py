@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import LogProbsFromLogits, completion_mask_from_eos, group_sizes
-from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
+from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
+                               tokenized_completions)
+from mmrl.core.batch import RolloutBatch, group_starts
 
 
 def rows_of_vision(pixel_values: torch.Tensor, grid_thw: torch.Tensor, images_per_row: list[int]) -> dict:
@@ -137,8 +138,6 @@ class VLMAdapter(LogProbsFromLogits):
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(sizes, 0), prompt_mask.repeat_interleave(sizes, 0)
         extras = {k: v.repeat_interleave(sizes, 0) for k, v in extras.items()}
         device = next(model.parameters()).device
-        sampling = dict(do_sample=True, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                        top_k=rollout_cfg.top_k) if rollout_cfg.temperature > 0 else dict(do_sample=False)
         inputs = self._model_inputs(prompt_ids, prompt_mask, extras, device, prompt_ids.shape[1])
         if self.share_vision and "pixel_values" in inputs and int(sizes.max()) > 1:
             inputs.pop("pixel_values")  # encode each prompt's images once, not once per completion
@@ -146,15 +145,11 @@ class VLMAdapter(LogProbsFromLogits):
             inputs["mm_encoder_outputs"] = {"image": encode_images_once_per_group(model, extras, group_ids, device)}
         was_training = model.training
         model.eval()
-        out = model.generate(**inputs, **sampling,
-                             max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens,
-                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids,
-                             suppress_tokens=self.suppressed, use_cache=True)
+        out = model.generate(**inputs, **sampling_kwargs(rollout_cfg), pad_token_id=self.tokenizer.pad_token_id,
+                             eos_token_id=self.eos_token_ids, suppress_tokens=self.suppressed, use_cache=True)
         model.train(was_training)
-        completion_ids = out[:, prompt_ids.shape[1]:].cpu()
-        completion_mask = completion_mask_from_eos(completion_ids, self.eos_token_ids)
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        completion_ids, completion_mask, texts = sampled_completions(out, prompt_ids.shape[1], self.tokenizer,
+                                                                     self.eos_token_ids)
         return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                             completion_mask=completion_mask,
                             group_ids=torch.arange(len(examples)).repeat_interleave(sizes), extras=extras,
@@ -163,9 +158,7 @@ class VLMAdapter(LogProbsFromLogits):
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
         prompt_ids, prompt_mask, extras = self._encode_prompts(examples)
-        eos = self.eos_token_ids[0]
-        seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in completions]
-        completion_ids, completion_mask = pad_sequences(seqs, self.tokenizer.pad_token_id)
+        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
         return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)), extras=extras,
                             examples=list(examples), completions_text=list(completions))

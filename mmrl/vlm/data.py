@@ -64,7 +64,7 @@ def to_image_prompt(example: dict, images: list) -> dict:
 
 
 def load_image_examples(data_cfg) -> tuple[list[dict], int]:
-    """(examples, number of rows skipped for a missing or corrupt image)."""
+    """(examples, number of rows skipped for a missing or corrupt image) of `data_cfg.source`."""
     if data_cfg.source == "synthetic":
         s = data_cfg.synthetic
         extra = {"multiple_choice": True} if s.multiple_choice else {}
@@ -72,6 +72,12 @@ def load_image_examples(data_cfg) -> tuple[list[dict], int]:
     else:
         path = resolve_source(data_cfg.source)
         rows, base = read_jsonl(path), path.parent
+    return image_examples(rows, data_cfg, base)
+
+
+def image_examples(rows: list[dict], data_cfg, base: Path) -> tuple[list[dict], int]:
+    """Rows already read -> (examples with image prompts, rows skipped for their images); relative
+    image paths resolve against `base` unless data.image_root is set."""
     if data_cfg.qa_inversion > 0:
         from mmrl.vlm.qai import invert_some
         rows = invert_some(rows, data_cfg.qa_inversion, data_cfg.synthetic.seed, prompt_field=data_cfg.prompt_field,
