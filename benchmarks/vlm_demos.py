@@ -1,7 +1,7 @@
-"""Run the tiny VLM demo recipes on CPU (seed 0) and print each one's accuracy and its method's own
-statistic, mean over the first and last 20% of RL steps.
+"""Run the tiny VLM and video demo recipes on CPU (seed 0) and print each one's accuracy and its
+method's own statistic, mean over the first and last 20% of RL steps.
 
-    .venv/bin/python benchmarks/vlm_demos.py            # grpo, ton, vas, twgrpo
+    .venv/bin/python benchmarks/vlm_demos.py            # grpo, ton, vas, twgrpo, video_grpo, video_reggrpo
     .venv/bin/python benchmarks/vlm_demos.py ton        # one of them
 Results go to runs/vlm_demos/<name>/ and the table to runs/vlm_demos/summary.md.
 """
@@ -14,26 +14,33 @@ from accelerate.state import AcceleratorState, PartialState
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+import train_video  # noqa: E402
 import train_vlm  # noqa: E402
 
 from mmrl.core.metrics import first_last_fraction  # noqa: E402
 
 C = ROOT / "configs"
-DEMOS = {  # name: (config files, accuracy key, the method's own statistics)
-    "grpo": ([C / "tiny_vlm_grpo.yaml"], "reward/accuracy_task/mean", []),
-    "ton": ([C / "tiny_vlm_ton.yaml"], "reward/accuracy_task/mean", ["reward/empty_think/mean", "completion_length/mean"]),
-    "vas": ([C / "tiny_vlm_grpo.yaml", C / "methods" / "vas.yaml"], "reward/accuracy_task/mean",
+DEMOS = {  # name: (script, config files, accuracy key, the method's own statistics)
+    "grpo": (train_vlm, [C / "tiny_vlm_grpo.yaml"], "reward/accuracy_task/mean", []),
+    "ton": (train_vlm, [C / "tiny_vlm_ton.yaml"], "reward/accuracy_task/mean",
+            ["reward/empty_think/mean", "completion_length/mean"]),
+    "vas": (train_vlm, [C / "tiny_vlm_grpo.yaml", C / "methods" / "vas.yaml"], "reward/accuracy_task/mean",
             ["vas/vps_mean", "vas/vps_std"]),
-    "twgrpo": ([C / "tiny_vlm_twgrpo.yaml"], "reward/accuracy_choice_soft/mean",
+    "twgrpo": (train_vlm, [C / "tiny_vlm_twgrpo.yaml"], "reward/accuracy_choice_soft/mean",
                ["tw_grpo/weight_mean", "tw_grpo/divergence_max"]),
+    "video_grpo": (train_video, [C / "tiny_video_grpo.yaml"], "reward/accuracy_task/mean", []),
+    # the batch holds augmented prompts: the learning curve is the unaugmented prompts' rollouts
+    "video_reggrpo": (train_video, [C / "tiny_video_reggrpo.yaml"], "augment/original/accuracy_task/mean",
+                      ["reward/accuracy_task/mean", "augment/hinted_groups", "augment/noised_groups",
+                       "reg_grpo/error"]),
 }
 
 
 def run(name: str, out: Path) -> str:
-    configs, accuracy, own = DEMOS[name]
+    script, configs, accuracy, own = DEMOS[name]
     args = [a for c in configs for a in ("--config", str(c))]
     start = time.perf_counter()
-    log = train_vlm.main([*args, f"output_dir={out / name}", "trainer.log_every=1000", "trainer.save_every=0"])
+    log = script.main([*args, f"output_dir={out / name}", "trainer.log_every=1000", "trainer.save_every=0"])
     seconds = time.perf_counter() - start
     AcceleratorState._reset_state(True)
     PartialState._reset_state()

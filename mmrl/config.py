@@ -54,8 +54,33 @@ class VisionConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Video inputs (model.modality: video): frames decoded with decord, sampled and sized by the rules
+    of qwen-vl-utils (defaults are its defaults; see video/frames.py)."""
+    fps: float | None = 2.0  # frames sampled per second of video (ignored when nframes is set)
+    nframes: int | None = None  # a fixed number of frames instead (rounded to an even number)
+    min_frames: int = 4  # bounds on the number of frames sampled at `fps`
+    max_frames: int = 16
+    min_pixels: int = 100_352  # per frame (128 * 28 * 28)
+    max_pixels: int = 602_112  # per frame (768 * 28 * 28)
+    total_pixels: int = 90_316_800  # all frames together: lowers the per-frame cap of long videos
+    cache_videos: int = 64  # decoded, resized videos kept in memory (least recently used dropped)
+
+
+@dataclass
+class DiffusionConfig:
+    """Masked diffusion LMs (model.modality: dllm): sampling and the likelihood estimator (dllm/)."""
+    mask_token_id: int | None = None  # None: the model config's, else the tokenizer's (LLaDA-8B 126336, Dream 151666)
+    block_length: int = 32  # semi-autoregressive blocks; rollout.max_new_tokens must be a multiple
+    steps: int | None = None  # denoising steps over the whole completion (None: max_new_tokens / 2)
+    estimator: str = "one_step"  # one_step (d1) | elbo_mc | elbo_sdmc (GDPO)
+    estimator_params: dict = field(default_factory=dict)  # one_step: p_mask_prompt; elbo_mc: passes, eps; elbo_sdmc: nodes, masks_per_node
+    shift_logits: bool = False  # Dream-style models: position i-1 predicts token i
+
+
+@dataclass
 class ModelConfig:
-    modality: str = "text"  # text | vlm: which adapter loads the model (scripts/eval.py)
+    modality: str = "text"  # text | vlm | video | dllm: which adapter loads the model
     name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the weights are loaded in
     trust_remote_code: bool = False
@@ -64,6 +89,8 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 @dataclass
@@ -72,8 +99,9 @@ class SyntheticConfig:
     task: str = "addition"
     num_examples: int = 200
     max_operand: int = 9  # largest operand (addition) or square count (shapes)
-    multiple_choice: bool = False  # colours: list the colours as options and answer with a letter
+    multiple_choice: bool = False  # colours, direction: list the options and answer with a letter
     seed: int = 0
+    video_dir: str | None = None  # video tasks: where the generated mp4 files go (default <output_dir>/synthetic_videos)
 
 
 @dataclass
@@ -89,6 +117,9 @@ class DataConfig:
     image_root: str | None = None  # vlm: base of relative image paths (default: the jsonl's directory)
     options_field: str = "options"  # multiple-choice options, listed as "A. ..." after the question
     qa_inversion: float = 0.0  # vlm: TW-GRPO question-answer inversion probability (single -> multi-choice)
+    video_field: str = "video"  # video: local path of the row's video file
+    video_root: str | None = None  # video: base of relative video paths (default: the jsonl's directory)
+    video_check: str = "decode"  # video: at load, 'decode' the sampled frames of every video, or only 'open' it
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -129,6 +160,41 @@ class AlgorithmConfig:
 class SamplerConfig:
     name: str = "uniform"  # uniform | dynamic_filter | vade | spo_priority | knapsack (mmrl/core/samplers.py)
     params: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentationConfig:
+    """Difficulty-aware augmentation (DeepVideo-R1; mmrl/core/augmentation.py): prompts harder than the
+    recent average get a partial reasoning hint, easier ones noisy video frames. The paper does not
+    publish the maps from difficulty to hint length and noise level: these linear, capped ones are ours."""
+    name: str | None = None  # difficulty | None (off)
+    window: int = 100  # replay buffer: the group-mean rewards of the W most recent prompts
+    min_gap: float = 0.0  # augment only prompts with |difficulty| > min_gap
+    hint_samples: int = 4  # answer-conditioned completions drawn per hard prompt; the best gives the hint
+    hint_scale: float = 1.0  # hint = the first min(hint_max, hint_scale * difficulty) of its reasoning's words
+    hint_max: float = 0.8
+    answer_template: str = "(The correct answer is {answer}.)"  # appended to the question to draw hints
+    hint_template: str = "Hint: {hint}"  # appended to the question of a hard prompt
+    noise_scale: float = 0.3  # frame noise std (fraction of the pixel range) = min(noise_max, noise_scale * |difficulty|)
+    noise_max: float = 0.3
+
+
+@dataclass
+class InpaintingConfig:
+    """IGPO (arXiv 2509.10396; dllm/igpo.py): groups whose completions are all wrong are re-generated
+    with chunks of the reference reasoning (data.solution_field) fixed in the canvas, and correct
+    inpainted samples replace up to `max_replace_fraction` of the group. Defaults: the official code."""
+    enabled: bool = False
+    eta_low: float = 0.2  # revealed fraction of the chunks ~ U[eta_low, eta_high], sorted within the group
+    eta_high: float = 0.6
+    min_chunk: int = 5  # chunk sizes ~ U{min_chunk..max_chunk} tokens
+    max_chunk: int = 10
+    free_tail: int = 30  # the last canvas positions never hold a hint
+    max_spacing: int = 100  # largest gap between placed chunks
+    max_replace_fraction: float = 0.5  # lambda: at most this share of the group is replaced
+    entropy_fraction: float = 0.2  # tau: hint tokens that train = the top max(1, floor(tau n)) by entropy
+    reveal_last_chunk: bool = False  # the official code always reveals the last chunk (which may hold the answer); the paper hides the answer
+    correct_threshold: float = 1.0  # a sample is correct when the first reward is >= this
 
 
 @dataclass
@@ -212,6 +278,8 @@ class Config:
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -17,7 +17,7 @@ from mmrl.config import config_from_cli
 from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
 
 # model.modality -> the package whose build(cfg, training) returns (model, adapter)
-MODALITIES = {"text": "mmrl.text", "vlm": "mmrl.vlm"}
+MODALITIES = {"text": "mmrl.text", "vlm": "mmrl.vlm", "video": "video", "dllm": "dllm"}
 
 
 def main(argv=None):
@@ -26,7 +26,7 @@ def main(argv=None):
         raise SystemExit(f"model.modality={cfg.model.modality!r}: available {sorted(MODALITIES)}")
     benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
     with_images = [b.name for b in benchmarks if b.images]
-    if with_images and cfg.model.modality != "vlm":
+    if with_images and cfg.model.modality not in ("vlm", "video"):
         raise SystemExit(f"benchmarks {with_images} have images: evaluate them with a vision-language model "
                          "(model.modality: vlm)")
     accelerator = Accelerator()

@@ -1,1 +1,12 @@
-"""Video-LLM adapter for mmrl (frame sampling with decord, Qwen-VL video inputs). Not implemented yet."""
+"""Video LLMs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL on video prompts): frames, adapter, data, synthetic tasks."""
+from video.adapter import VideoAdapter  # noqa: F401
+
+
+def build(cfg, training: bool = True):
+    """(model, adapter) for a video run: the Qwen-VL model of mmrl.vlm with the video adapter
+    (frame sampling and cache from model.video)."""
+    from mmrl import vlm
+    from video.frames import FrameSampling
+
+    return vlm.build(cfg, training=training, adapter_cls=VideoAdapter,
+                     sampling=FrameSampling.from_config(cfg.model.video), cache_videos=cfg.model.video.cache_videos)

@@ -136,6 +136,30 @@ def sequence_clipped_loss(logp, old_logp, advantages, mask, eps: float = 3e-4, e
     return seq_loss[:, None].expand_as(logp), _clip_stats(seq_ratio, advantages, low, high, seq_mask)
 
 
+@LOSSES.register("gdpo_elbo")
+def elbo_ratio_loss(logp, old_logp, advantages, mask, eps: float = 0.5, eps_high: float | None = None,
+                    length_normalized: bool = True):
+    """GDPO's sequence-level loss (Rojas et al., "Group Diffusion Policy Optimization", arXiv
+    2510.08554, sec. 4) on a sequence log-likelihood estimate: with D_i = sum_t (logp - old_logp),
+    the ELBO difference when the terms are an ELBO estimator's (dllm.estimators),
+        length_normalized (default):  r_i = exp(D_i / |y_i|),  l_i = -min(r_i A_i, clip(r_i) A_i)
+        otherwise:                    r_i = exp(D_i),          l_i = -min(r_i A_i, clip(r_i) A_i) / |y_i|
+    clip to [1 - eps, 1 + eps_high] (eps_high defaults to eps). The paper (as summarised) writes the
+    second form; NVIDIA NeMo-RL's reimplementation, which says it follows the reference code, the
+    first, which cannot overflow on long completions. Broadcast over tokens: use seq-mean-token-mean.
+    Returns (token_loss [B, T], stats)."""
+    if advantages.dim() != 1:
+        raise ValueError("gdpo_elbo takes sequence-level advantages [B]")
+    diff = ((logp - old_logp) * mask).sum(-1)
+    length = mask.sum(-1).clamp(min=1)
+    ratio = torch.exp(diff / length if length_normalized else diff)
+    low, high = 1.0 - eps, 1.0 + (eps if eps_high is None else eps_high)
+    seq_loss = -torch.minimum(ratio * advantages, ratio.clamp(low, high) * advantages)
+    if not length_normalized:
+        seq_loss = seq_loss / length
+    return seq_loss[:, None].expand_as(logp), _clip_stats(ratio, advantages, low, high, torch.ones_like(ratio))
+
+
 @LOSSES.register("sapo")
 def soft_gated_loss(logp, old_logp, advantages, mask, tau_pos: float = 1.0, tau_neg: float = 1.05):
     """SAPO (Soft Adaptive Policy Optimization, arXiv 2511.20347, eq. 6-8): a sigmoid gate instead of

@@ -32,7 +32,8 @@ def thought_dropout(targets: list[str], p: float, seed: int) -> list[str]:
 
 
 def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) -> list[float]:
-    """`cfg.sft.steps` steps of next-token cross-entropy on completions `sft.target_template`."""
+    """`cfg.sft.steps` steps of next-token cross-entropy on completions `sft.target_template` (or the
+    adapter's own `sft_loss`, e.g. masked diffusion)."""
     s = cfg.sft
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise NotImplementedError("sft.steps > 0 is not supported under DeepSpeed; run the warm-up separately "
@@ -54,8 +55,11 @@ def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) ->
     for _ in tqdm(range(s.steps), desc="sft warm-up", disable=not accelerator.is_local_main_process):
         idx = torch.randint(len(examples), (s.batch_size,), generator=generator)[rank * per_rank:(rank + 1) * per_rank]
         batch = adapter.encode([examples[i] for i in idx], [targets[i] for i in idx]).to(accelerator.device)
-        logp = adapter.log_probs(model, batch)
-        loss = seq_mean_token_mean(-logp, batch.completion_mask.to(logp.dtype))
+        if hasattr(adapter, "sft_loss"):  # e.g. masked diffusion: LLaDA's masked-token loss
+            loss = adapter.sft_loss(model, batch, generator=generator)
+        else:
+            logp = adapter.log_probs(model, batch)
+            loss = seq_mean_token_mean(-logp, batch.completion_mask.to(logp.dtype))
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         optimizer.step()

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from mmrl.core import advantages as advantage_estimators
 from mmrl.core import checkpoint, losses
 from mmrl.core.adapter import assert_adapter
+from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
@@ -89,6 +90,10 @@ def validate(cfg, world_size: int) -> None:
         REWARDS.check_params(r.name, r.params, f"rewards.{i}.params")
     if not cfg.rewards:
         raise ValueError("rewards: at least one reward function is needed")
+    if cfg.inpainting.enabled and cfg.model.modality != "dllm":
+        raise ValueError("inpainting.enabled (IGPO) needs a masked diffusion model: model.modality: dllm")
+    if cfg.augmentation.name not in (None, "difficulty"):
+        raise ValueError(f"augmentation.name: '{cfg.augmentation.name}' is not one of difficulty, null (off)")
 
 
 def build_scheduler(optimizer, optim_cfg, total_steps: int):
@@ -108,23 +113,29 @@ def build_scheduler(optimizer, optim_cfg, total_steps: int):
 
 # ---------------------------------------------------------------- state
 class AlgorithmState:
-    """Every stateful piece of the algorithm in one checkpointed object: the prompt sampler and the
-    advantage estimator's state (bnpo moments, spo tracker). Every rank holds an identical copy:
-    all updates are computed from data gathered from all ranks, in the same order."""
+    """Every stateful piece of the algorithm in one checkpointed object: the prompt sampler, the
+    advantage estimator's state (bnpo moments, spo tracker) and the augmentation's replay buffer.
+    Every rank holds an identical copy: all updates are computed from data gathered from all ranks,
+    in the same order."""
 
     def __init__(self, cfg, num_prompts: int):
         self.advantage = advantage_estimators.make_state(cfg.algorithm.advantage)
         tracker = self.advantage if isinstance(self.advantage, SPOTracker) else None
         self.sampler = samplers.build(cfg.sampler.name, num_prompts, cfg.trainer.seed, cfg.sampler.params, tracker)
+        self.augmentation = DifficultyAugmentation.from_config(cfg.augmentation) \
+            if cfg.augmentation.name == "difficulty" else None
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(),
-                "advantage": None if self.advantage is None else self.advantage.state_dict()}
+                "advantage": None if self.advantage is None else self.advantage.state_dict(),
+                "augmentation": None if self.augmentation is None else self.augmentation.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         if self.advantage is not None:
             self.advantage.load_state_dict(state["advantage"])
+        if self.augmentation is not None and state.get("augmentation") is not None:
+            self.augmentation.load_state_dict(state["augmentation"])
 
 
 @dataclass
@@ -280,15 +291,45 @@ def spo_store_last(accelerator, adapter, model, batch: RolloutBatch, tracker: SP
     tracker.last.update(merge_across_ranks(accelerator, local))
 
 
+def set_mask_iteration(adapter, iteration: int) -> None:
+    """Adapters whose scoring is randomised (masked diffusion: `fresh_masks`) draw the masks of
+    inner iteration `iteration`; the old, reference and current policies then see the same ones."""
+    if getattr(adapter, "fresh_masks", False):
+        adapter.mask_iteration = iteration
+
+
 @torch.no_grad()
 def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: RolloutBatch) -> None:
-    """old_logp (when several updates reuse the batch) and ref_logp (only when beta > 0)."""
+    """old_logp (when several updates reuse the batch) and ref_logp (only when beta > 0). With
+    `fresh_masks` both are recorded for each inner iteration's masks, [N, mu, C] in
+    extras['old_logp_by_iteration'] / ['ref_logp_by_iteration']."""
     chunks = batch.micro_batches(cfg.trainer.gradient_accumulation_steps)
-    if cfg.algorithm.num_iterations > 1:
-        batch.old_logp = torch.cat([adapter.log_probs(model, mb) for mb in chunks])
-    if cfg.algorithm.beta > 0:
-        with reference_policy(accelerator, model, ref_model) as ref:
-            batch.ref_logp = torch.cat([adapter.log_probs(ref, mb) for mb in chunks])
+    fresh = getattr(adapter, "fresh_masks", False)
+    mu = cfg.algorithm.num_iterations
+    old, ref = [], []
+    for k in range(mu if fresh else 1):
+        set_mask_iteration(adapter, k)
+        if mu > 1:
+            old.append(torch.cat([adapter.log_probs(model, mb) for mb in chunks]))
+        if cfg.algorithm.beta > 0:
+            with reference_policy(accelerator, model, ref_model) as policy:
+                ref.append(torch.cat([adapter.log_probs(policy, mb) for mb in chunks]))
+    if fresh:
+        if old:
+            batch.extras["old_logp_by_iteration"] = torch.stack(old, dim=1)
+        if ref:
+            batch.extras["ref_logp_by_iteration"] = torch.stack(ref, dim=1)
+    else:
+        batch.old_logp = old[0] if old else None
+        batch.ref_logp = ref[0] if ref else None
+
+
+def loss_mask(batch: RolloutBatch) -> torch.Tensor:
+    """The tokens the loss counts: the completion mask, narrowed by extras['loss_mask'] where a method
+    sets one (IGPO drops low-entropy hint tokens)."""
+    if "loss_mask" in batch.extras:
+        return batch.completion_mask * batch.extras["loss_mask"].to(batch.completion_mask)
+    return batch.completion_mask
 
 
 def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch, weighting=None) -> dict:
@@ -300,7 +341,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     a, t = cfg.algorithm, cfg.trainer
     world = accelerator.num_processes
     num_groups_local = float(len(group_starts(batch.group_ids)))
-    totals = accelerator.reduce(torch.tensor([float(len(batch)), float(batch.completion_mask.sum()), num_groups_local],
+    totals = accelerator.reduce(torch.tensor([float(len(batch)), float(loss_mask(batch).sum()), num_groups_local],
                                              device=accelerator.device), "sum")
     num_seqs, num_tokens, num_groups = (totals / world).tolist()
     whole_groups = getattr(losses.LOSSES.get(a.loss), "whole_groups", False) or getattr(weighting, "whole_groups", False)
@@ -309,8 +350,13 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     stats_sum: dict[str, float] = {}
     for iteration in range(a.num_iterations):
         loss_total = 0.0
+        set_mask_iteration(adapter, iteration)
         for k, mb in enumerate(chunks):
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
+            if "old_logp_by_iteration" in mb.extras:
+                mb.old_logp = mb.extras["old_logp_by_iteration"][:, iteration]
+            if "ref_logp_by_iteration" in mb.extras:
+                mb.ref_logp = mb.extras["ref_logp_by_iteration"][:, iteration]
             with sync:
                 if with_logits:
                     logits = adapter.completion_logits(model, mb)
@@ -320,7 +366,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                 else:
                     logp, entropy = adapter.log_probs(model, mb, with_entropy=True)
                     context = {}
-                mask = mb.completion_mask
+                mask = loss_mask(mb)
                 old = mb.old_logp if mb.old_logp is not None else logp.detach()
                 adv, weights, extra = mb.advantages, mb.token_weights, {}
                 if weighting is not None:
@@ -346,7 +392,8 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     return {**stats_sum, "loss": loss_total, "grad_norm": float(grad_norm)}
 
 
-COUNTED = ("reward_errors", "filter/shortfall_groups")
+COUNTED = ("reward_errors", "filter/shortfall_groups", "augment/hinted_groups", "augment/noised_groups",
+           "igpo/all_wrong_groups", "igpo/rescued_groups", "igpo/replaced_samples")
 
 
 def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weights: list[float],
@@ -380,12 +427,16 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
 
 # ---------------------------------------------------------------- the loop
 def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | None = None,
-          data_stats: dict | None = None) -> MetricsLog:
+          data_stats: dict | None = None, post_rollout=()) -> MetricsLog:
     """Train `model` with group-relative RL as configured; returns the metrics log. `data_stats`
-    (e.g. {"data/skipped": rows dropped at load}) is logged with every step."""
+    (e.g. {"data/skipped": rows dropped at load}) is logged with every step. `post_rollout`:
+    modality methods run on each rank's scored batch before the advantages, each
+    fn(cfg, accelerator, adapter, model, batch, step) -> (batch, metrics) (e.g. IGPO's inpainting)."""
     assert_adapter(adapter)
     accelerator = accelerator or make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
+    if hasattr(adapter, "check_rollout"):  # e.g. masked diffusion: block length / steps must divide
+        adapter.check_rollout(cfg.rollout)
     set_seed(cfg.trainer.seed)
     world = accelerator.num_processes
     resume = checkpoint.resolve_resume(cfg.resume_from, cfg.output_dir)
@@ -404,6 +455,10 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     if cfg.algorithm.beta > 0 and not cfg.model.lora.enabled:
         ref_model = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
     state = AlgorithmState(cfg, len(examples))
+    if state.augmentation is not None and state.augmentation.noise_scale > 0 and \
+            not getattr(adapter, "supports_frame_noise", False):
+        raise ValueError(f"augmentation.noise_scale={cfg.augmentation.noise_scale}: frame noise needs video inputs "
+                         f"({type(adapter).__name__} has none); set augmentation.noise_scale: 0 for hints only")
     weighting = token_weighting.make(cfg.algorithm.token_weighting, cfg.algorithm.token_weighting_params)
     for obj in (scheduler, state):  # restored by load_state in this order
         accelerator.register_for_checkpointing(obj)
@@ -426,6 +481,13 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
             rescored = rescore_prompts(cfg, accelerator, adapter, model, examples, state.sampler)
         # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
         batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
+        if state.augmentation is not None:  # DeepVideo-R1: hints for hard prompts, frame noise for easy ones
+            batch, augmented = augment(cfg, accelerator, adapter, model, batch, state.augmentation, step)
+            local["reward_errors"] += augmented.pop("reward_errors", 0)
+            local.update(augmented)
+        for method in post_rollout:
+            batch, extra = method(cfg, accelerator, adapter, model, batch, step)
+            local.update(extra)
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
         rows = gather_rows(accelerator, batch, with_completions=getattr(state.sampler, "needs_completions", False))
         divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \

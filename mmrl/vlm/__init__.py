@@ -45,8 +45,9 @@ def vision_tower(model):
     raise ValueError(f"{type(model).__name__} has no `visual` tower; model.vision.freeze_tower needs a Qwen-VL model")
 
 
-def build(cfg, training: bool = True):
-    """(model, adapter) for a VLM run, with LoRA / gradient checkpointing / frozen tower when `training`."""
+def build(cfg, training: bool = True, adapter_cls=VLMAdapter, **adapter_kwargs):
+    """(model, adapter) for a VLM run, with LoRA / gradient checkpointing / frozen tower when `training`;
+    `adapter_cls(processor, ..., **adapter_kwargs)` (the video adapter passes its own)."""
     from mmrl.models.loading import prepare_for_training
 
     model, processor = load_vlm(cfg.model, seed=cfg.trainer.seed)
@@ -54,7 +55,7 @@ def build(cfg, training: bool = True):
         if cfg.model.vision.freeze_tower:
             vision_tower(model).requires_grad_(False)
         model = prepare_for_training(model, cfg.model)
-    adapter = VLMAdapter(processor, min_pixels=cfg.model.vision.min_pixels, max_pixels=cfg.model.vision.max_pixels,
-                         logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature,
-                         share_vision=cfg.model.vision.share_features)
+    adapter = adapter_cls(processor, min_pixels=cfg.model.vision.min_pixels, max_pixels=cfg.model.vision.max_pixels,
+                          logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature,
+                          share_vision=cfg.model.vision.share_features, **adapter_kwargs)
     return model, adapter

@@ -1,15 +1,15 @@
 """Vision-language adapter: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (any AutoModelForImageTextToText with an
-AutoProcessor of the Qwen-VL kind) on chat prompts with images.
+AutoProcessor of the Qwen-VL kind) on chat prompts with images (and, through video.VideoAdapter, videos).
 
-Images go through qwen_vl_utils.process_vision_info (the resizing the Qwen-VL models were trained
-with, bounded by `min_pixels` / `max_pixels`) and the processor once per prompt; the G completions
-of a group share that prompt's processed pixels, and the vision tower encodes them once per group,
-its outputs repeated per completion (`share_vision`, passed to the model as `mm_encoder_outputs`),
-in generation and in scoring: the same samples and gradients as encoding every row (tested). The
-processor's flat `pixel_values`
-[patches, D] / `image_grid_thw` [images, 3] are stored per row (zero padded) in `batch.extras`, so
-micro-batching and re-padding keep working, and joined back for each forward. 3-D rope positions
-need `mm_token_type_ids`, rebuilt from the token ids at every forward.
+Images go through qwen_vl_utils.fetch_image (the resizing the Qwen-VL models were trained with,
+bounded by `min_pixels` / `max_pixels`) and the processor once per prompt; the G completions of a
+group share that prompt's processed pixels, and the vision tower encodes them once per group, its
+outputs repeated per completion (`share_vision`, passed to the model as `mm_encoder_outputs`), in
+generation and in scoring: the same samples and gradients as encoding every row (tested). The
+processor's flat `pixel_values` [patches, D] / `image_grid_thw` [images, 3] (and the `_videos` /
+`video_grid_thw` / `second_per_grid_ts` of videos) are stored per row (zero padded) in
+`batch.extras`, so micro-batching and re-padding keep working, and joined back for each forward.
+3-D rope positions need `mm_token_type_ids`, rebuilt from the token ids at every forward.
 """
 from __future__ import annotations
 
@@ -20,58 +20,80 @@ from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completi
 from mmrl.core.batch import RolloutBatch, group_starts
 
 
-def rows_of_vision(pixel_values: torch.Tensor, grid_thw: torch.Tensor, images_per_row: list[int]) -> dict:
-    """Processor outputs for several prompts -> per-prompt tensors with a leading row dimension:
-    pixel_values [R, P_max, D] (+ num_patches [R]) and image_grid_thw [R, I_max, 3] (+ num_images [R])."""
+# Per kind of visual input: the processor's pixel and grid keys, and the per-row counts kept in extras.
+VISION_KINDS = {
+    "image": ("pixel_values", "image_grid_thw", "num_patches", "num_images"),
+    "video": ("pixel_values_videos", "video_grid_thw", "num_video_patches", "num_videos"),
+}
+
+
+def rows_of_vision(pixel_values: torch.Tensor, grid_thw: torch.Tensor, per_row: list[int], kind: str = "image",
+                   seconds: torch.Tensor | None = None) -> dict:
+    """Processor outputs for several prompts -> per-prompt tensors with a leading row dimension.
+    Images: pixel_values [R, P_max, D] (+ num_patches [R]) and image_grid_thw [R, I_max, 3] (+ num_images
+    [R]); videos the same under the video keys, plus Qwen2.5-VL's `second_per_grid_ts` [R, V_max]."""
+    pixels_key, grid_key, patches_key, count_key = VISION_KINDS[kind]
     patches = grid_thw.prod(-1)
-    image_chunks = grid_thw.split(images_per_row)
-    patch_counts = [int(c.sum()) for c in patches.split(images_per_row)]
+    grid_chunks = grid_thw.split(per_row)
+    patch_counts = [int(c.sum()) for c in patches.split(per_row)]
     pixel_chunks = pixel_values.split(patch_counts)
-    rows = len(images_per_row)
+    rows = len(per_row)
     pv = pixel_values.new_zeros(rows, max(patch_counts), pixel_values.shape[-1])
-    thw = grid_thw.new_zeros(rows, max(images_per_row), 3)
+    thw = grid_thw.new_zeros(rows, max(per_row), 3)
     for r in range(rows):
         pv[r, :patch_counts[r]] = pixel_chunks[r]
-        thw[r, :images_per_row[r]] = image_chunks[r]
-    return {"pixel_values": pv, "num_patches": torch.tensor(patch_counts), "image_grid_thw": thw,
-            "num_images": torch.tensor(images_per_row)}
+        thw[r, :per_row[r]] = grid_chunks[r]
+    out = {pixels_key: pv, patches_key: torch.tensor(patch_counts), grid_key: thw, count_key: torch.tensor(per_row)}
+    if seconds is not None:
+        per_video = seconds.new_zeros(rows, max(per_row))
+        for r, chunk in enumerate(seconds.split(per_row)):
+            per_video[r, :len(chunk)] = chunk
+        out["second_per_grid_ts"] = per_video
+    return out
 
 
 def join_vision(extras: dict) -> dict:
     """Inverse of rows_of_vision for the rows present: the flat tensors the model's forward takes."""
-    if "pixel_values" not in extras:
-        return {}
-    n_patch, n_img = extras["num_patches"].tolist(), extras["num_images"].tolist()
-    if sum(n_img) == 0:
-        return {}
-    pv = torch.cat([extras["pixel_values"][r, :n] for r, n in enumerate(n_patch)])
-    thw = torch.cat([extras["image_grid_thw"][r, :n] for r, n in enumerate(n_img)])
-    return {"pixel_values": pv, "image_grid_thw": thw}
+    out = {}
+    for kind, (pixels_key, grid_key, patches_key, count_key) in VISION_KINDS.items():
+        if pixels_key not in extras or int(extras[count_key].sum()) == 0:
+            continue
+        n_patch, n_item = extras[patches_key].tolist(), extras[count_key].tolist()
+        out[pixels_key] = torch.cat([extras[pixels_key][r, :n] for r, n in enumerate(n_patch)])
+        out[grid_key] = torch.cat([extras[grid_key][r, :n] for r, n in enumerate(n_item)])
+        if kind == "video" and "second_per_grid_ts" in extras:
+            out["second_per_grid_ts"] = torch.cat([extras["second_per_grid_ts"][r, :n] for r, n in enumerate(n_item)])
+    return out
 
 
-def encode_images_once_per_group(model, extras: dict, group_ids: torch.Tensor, device):
+def encode_vision_once_per_group(model, extras: dict, group_ids: torch.Tensor, device) -> dict:
     """Vision-tower outputs for the rows of a batch, computed once per group (the G completions of a
-    prompt share its pixels) and repeated per row, in the `mm_encoder_outputs` form the Qwen-VL
-    forwards take instead of pixel_values. Gradients reach the tower once per group, summed over
-    its rows, exactly as G separate encodings would give."""
+    prompt share its pixels) and repeated per row, in the `mm_encoder_outputs` form ({"image": ...,
+    "video": ...}) the Qwen-VL forwards take instead of pixel values. Gradients reach the tower once
+    per group, summed over its rows, exactly as G separate encodings would give."""
     starts = group_starts(group_ids.cpu())
     sizes = torch.diff(torch.cat([starts, torch.tensor([len(group_ids)])])).tolist()
     unique = join_vision({k: v[starts.to(v.device)] for k, v in extras.items()})
-    out = model.get_image_features(unique["pixel_values"].to(device), unique["image_grid_thw"].to(device),
-                                   return_dict=True)
-    per_row = extras["num_images"][starts.to(extras["num_images"].device)].tolist()
+    encoders = {"image": model.get_image_features, "video": model.get_video_features}
+    outputs = {}
+    for kind, (pixels_key, grid_key, _, count_key) in VISION_KINDS.items():
+        if pixels_key not in unique:
+            continue
+        out = encoders[kind](unique[pixels_key].to(device), unique[grid_key].to(device), return_dict=True)
+        per_row = extras[count_key][starts.to(extras[count_key].device)].tolist()
 
-    def expand(per_image: tuple) -> tuple:
-        rows, k = [], 0
-        for n_img, size in zip(per_row, sizes):
-            rows += list(per_image[k:k + n_img]) * size
-            k += n_img
-        return tuple(rows)
+        def expand(per_item: tuple, per_row=per_row) -> tuple:
+            rows, k = [], 0
+            for n_item, size in zip(per_row, sizes):
+                rows += list(per_item[k:k + n_item]) * size
+                k += n_item
+            return tuple(rows)
 
-    out.pooler_output = expand(out.pooler_output)
-    if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL: per-layer features
-        out.deepstack_features = [expand(level) for level in out.deepstack_features]
-    return out
+        out.pooler_output = expand(out.pooler_output)
+        if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL: per-layer features
+            out.deepstack_features = [expand(level) for level in out.deepstack_features]
+        outputs[kind] = out
+    return outputs
 
 
 class VLMAdapter(LogProbsFromLogits):
@@ -96,26 +118,46 @@ class VLMAdapter(LogProbsFromLogits):
                            ids("<|vision_start|>"), ids("<|vision_end|>")]
 
     # ------------------------------------------------------------------ prompts
-    def prepare(self, example: dict):
-        """(chat text, resized PIL images) of one example's `prompt` messages."""
-        from qwen_vl_utils import process_vision_info
+    def vision_elements(self, example: dict) -> list[dict]:
+        """The image / video entries of an example's messages, in order."""
+        return [c for m in example["prompt"] if isinstance(m["content"], list) for c in m["content"]
+                if isinstance(c, dict) and c.get("type") in ("image", "video")]
 
-        messages = [dict(m, content=[dict(c, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
-                                     if isinstance(c, dict) and c.get("type") == "image" else c
-                                     for c in m["content"]]) if isinstance(m["content"], list) else m
-                    for m in example["prompt"]]
-        images, _ = process_vision_info(messages, image_patch_size=self.patch_size)
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, images or []
+    def load_vision(self, example: dict) -> tuple[list, list]:
+        """(resized PIL images, videos) of one example. Images go through qwen_vl_utils.fetch_image
+        within [min_pixels, max_pixels]; videos need the video adapter (video.VideoAdapter)."""
+        from qwen_vl_utils import fetch_image
+
+        elements = self.vision_elements(example)
+        if any(e["type"] == "video" for e in elements):
+            raise ValueError("this example has a video: train it with model.modality: video "
+                             "(scripts/train_video.py), whose adapter decodes frames")
+        return [fetch_image(dict(e, min_pixels=self.min_pixels, max_pixels=self.max_pixels), self.patch_size)
+                for e in elements], []
+
+    def prepare(self, example: dict):
+        """(chat text, resized PIL images, videos) of one example's `prompt` messages."""
+        images, videos = self.load_vision(example)
+        text = self.processor.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
+        return text, images, videos
 
     def _encode_prompts(self, examples: list[dict]):
         prepared = [self.prepare(e) for e in examples]
-        images = [im for _, ims in prepared for im in ims]
-        enc = self.processor(text=[t for t, _ in prepared], images=images or None, padding=True,
-                             return_tensors="pt")
+        images = [im for _, ims, _ in prepared for im in ims]
+        videos = [v for _, _, vids in prepared for v in vids]
+        video_kwargs = {}
+        if videos:  # frames already sampled and sized (video.frames): the processor only patches them
+            video_kwargs = dict(videos=[v.frames for v in videos], video_metadata=[v.metadata for v in videos],
+                                do_sample_frames=False, do_resize=False, cap_pixels_per_frame=True)
+        enc = self.processor(text=[t for t, _, _ in prepared], images=images or None, padding=True,
+                             return_tensors="pt", **video_kwargs)
         extras = {}
         if images:
-            extras = rows_of_vision(enc["pixel_values"], enc["image_grid_thw"], [len(ims) for _, ims in prepared])
+            extras.update(rows_of_vision(enc["pixel_values"], enc["image_grid_thw"], [len(ims) for _, ims, _ in prepared]))
+        if videos:
+            extras.update(rows_of_vision(enc["pixel_values_videos"], enc["video_grid_thw"],
+                                         [len(vids) for _, _, vids in prepared], kind="video",
+                                         seconds=enc.get("second_per_grid_ts")))
         return enc["input_ids"], enc["attention_mask"], extras
 
     def mm_token_type_ids(self, input_ids: torch.Tensor, prompt_length: int) -> torch.Tensor:
@@ -125,10 +167,20 @@ class VLMAdapter(LogProbsFromLogits):
         types[:, prompt_length:] = 0
         return types
 
-    def _model_inputs(self, input_ids, attention_mask, extras: dict, device, prompt_length: int) -> dict:
+    def _model_inputs(self, model, input_ids, attention_mask, extras: dict, group_ids: torch.Tensor, device,
+                      prompt_length: int) -> dict:
+        """Forward / generate inputs; with `share_vision` and groups of several rows, the pixels are
+        replaced by vision-tower outputs computed once per group."""
         vision = {k: v.to(device) for k, v in join_vision(extras).items()}
-        return dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    mm_token_type_ids=self.mm_token_type_ids(input_ids, prompt_length).to(device), **vision)
+        inputs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                      mm_token_type_ids=self.mm_token_type_ids(input_ids, prompt_length).to(device), **vision)
+        pixel_keys = [kind[0] for kind in VISION_KINDS.values() if kind[0] in inputs]
+        if self.share_vision and pixel_keys and len(group_starts(group_ids.cpu())) < len(group_ids):
+            for key in pixel_keys:
+                inputs.pop(key)
+            bare = model.module if hasattr(model, "module") else model  # DDP: the wrapped model's methods
+            inputs["mm_encoder_outputs"] = encode_vision_once_per_group(bare, extras, group_ids, device)
+        return inputs
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -137,12 +189,9 @@ class VLMAdapter(LogProbsFromLogits):
         prompt_ids, prompt_mask, extras = self._encode_prompts(examples)
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(sizes, 0), prompt_mask.repeat_interleave(sizes, 0)
         extras = {k: v.repeat_interleave(sizes, 0) for k, v in extras.items()}
+        group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
         device = next(model.parameters()).device
-        inputs = self._model_inputs(prompt_ids, prompt_mask, extras, device, prompt_ids.shape[1])
-        if self.share_vision and "pixel_values" in inputs and int(sizes.max()) > 1:
-            inputs.pop("pixel_values")  # encode each prompt's images once, not once per completion
-            group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
-            inputs["mm_encoder_outputs"] = {"image": encode_images_once_per_group(model, extras, group_ids, device)}
+        inputs = self._model_inputs(model, prompt_ids, prompt_mask, extras, group_ids, device, prompt_ids.shape[1])
         was_training = model.training
         model.eval()
         out = model.generate(**inputs, **sampling_kwargs(rollout_cfg), pad_token_id=self.tokenizer.pad_token_id,
@@ -151,8 +200,7 @@ class VLMAdapter(LogProbsFromLogits):
         completion_ids, completion_mask, texts = sampled_completions(out, prompt_ids.shape[1], self.tokenizer,
                                                                      self.eos_token_ids)
         return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                            completion_mask=completion_mask,
-                            group_ids=torch.arange(len(examples)).repeat_interleave(sizes), extras=extras,
+                            completion_mask=completion_mask, group_ids=group_ids, extras=extras,
                             examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
 
@@ -169,13 +217,8 @@ class VLMAdapter(LogProbsFromLogits):
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         n_completion = batch.completion_ids.shape[1]
-        device = batch.prompt_ids.device
-        inputs = self._model_inputs(input_ids, attention_mask, batch.extras, device, batch.prompt_ids.shape[1])
-        if self.share_vision and "pixel_values" in inputs and len(group_starts(batch.group_ids.cpu())) < len(batch):
-            inputs.pop("pixel_values")
-            bare = model.module if hasattr(model, "module") else model  # DDP: the wrapped model's method
-            inputs["mm_encoder_outputs"] = {"image": encode_images_once_per_group(bare, batch.extras,
-                                                                                 batch.group_ids, device)}
+        inputs = self._model_inputs(model, input_ids, attention_mask, batch.extras, batch.group_ids,
+                                    batch.prompt_ids.device, batch.prompt_ids.shape[1])
         logits = model(**inputs, logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
         return self.at_temperature(logits)
 

@@ -52,13 +52,12 @@ def resolve_images(images: list, base: Path) -> list | None:
     return out
 
 
-def to_image_prompt(example: dict, images: list) -> dict:
-    """Turn the user turn into Qwen-VL content: the images, then the text."""
+def to_vision_prompt(example: dict, entries: list[dict]) -> dict:
+    """Turn the user turn into Qwen-VL content: the image / video entries, then the text."""
     messages = []
     for m in example["prompt"]:
         if m["role"] == "user":
-            content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": m["content"]}]
-            m = {"role": "user", "content": content}
+            m = {"role": "user", "content": list(entries) + [{"type": "text", "text": m["content"]}]}
         messages.append(m)
     return {**example, "prompt": messages}
 
@@ -78,24 +77,35 @@ def load_image_examples(data_cfg) -> tuple[list[dict], int]:
 def image_examples(rows: list[dict], data_cfg, base: Path) -> tuple[list[dict], int]:
     """Rows already read -> (examples with image prompts, rows skipped for their images); relative
     image paths resolve against `base` unless data.image_root is set."""
+    base = Path(data_cfg.image_root) if data_cfg.image_root else base
+
+    def entries(row: dict, index: int) -> list[dict] | None:
+        images = resolve_images(image_list(row, data_cfg.image_field, index), base)
+        return None if images is None else [{"type": "image", "image": im} for im in images]
+
+    return vision_examples(rows, data_cfg, entries, "image")
+
+
+def vision_examples(rows: list[dict], data_cfg, entries, kind: str) -> tuple[list[dict], int]:
+    """(examples, rows skipped) of rows whose media `entries(row, index)` gives as content entries
+    (None: unreadable, the row is skipped and counted); options are lettered after the question and
+    TW-GRPO's question-answer inversion applied first when data.qa_inversion > 0."""
     if data_cfg.qa_inversion > 0:
         from mmrl.vlm.qai import invert_some
         rows = invert_some(rows, data_cfg.qa_inversion, data_cfg.synthetic.seed, prompt_field=data_cfg.prompt_field,
                            answer_field=data_cfg.answer_field, options_field=data_cfg.options_field)
-    if data_cfg.image_root:
-        base = Path(data_cfg.image_root)
     examples, skipped = [], 0
     for i, row in enumerate(rows):
-        images = resolve_images(image_list(row, data_cfg.image_field, i), base)
-        if images is None:
+        content = entries(row, i)
+        if content is None:
             skipped += 1
             continue
         options = row.get(data_cfg.options_field) or []
         if options:
             row = {**row, data_cfg.prompt_field: f"{row[data_cfg.prompt_field]}\n{format_options(options)}"}
-        examples.append(to_image_prompt(to_example(row, data_cfg, i), images))
+        examples.append(to_vision_prompt(to_example(row, data_cfg, i), content))
     if not examples:
-        raise ValueError(f"data.source '{data_cfg.source}': no usable rows ({skipped} skipped for their images)")
+        raise ValueError(f"data.source '{data_cfg.source}': no usable rows ({skipped} skipped for their {kind}s)")
     if skipped:
-        log.warning("data: skipped %d of %d rows with a missing or unreadable image", skipped, len(rows))
+        log.warning("data: skipped %d of %d rows with a missing or unreadable %s", skipped, len(rows), kind)
     return examples, skipped

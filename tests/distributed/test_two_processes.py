@@ -121,3 +121,18 @@ def test_vlm_parameters_stay_identical_across_ranks(tmp_path):
     assert moved, "the vision tower should have been updated"
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert max(s["advantage/abs_mean"] for s in steps) > 0  # RL steps with a gradient, not only the warm-up
+
+
+@pytest.mark.slow
+def test_video_reggrpo_with_augmentation_on_two_processes(tmp_path):
+    """Each rank augments its own groups (hint draws, regenerated groups: different counts per rank)
+    against a replay buffer both ranks fill with the same gathered group means; checkpoints resume."""
+    cmd = [*TWO_PROCS, str(ROOT / "scripts" / "train_video.py"), "--config",
+           str(ROOT / "configs" / "tiny_video_reggrpo.yaml"), f"output_dir={tmp_path}", "trainer.max_steps=4",
+           "trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.save_every=2", "augmentation.window=8",
+           "data.synthetic.num_examples=16", "trainer.gradient_accumulation_steps=2"]
+    run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["world_size"] for l in lines] == [2] * 4 and all(math.isfinite(l["grad_norm"]) for l in lines)
+    assert sum(l["augment/hinted_groups"] + l["augment/noised_groups"] for l in lines) > 0

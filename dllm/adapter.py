@@ -1,0 +1,148 @@
+"""Masked diffusion LM adapter: rollouts by block semi-autoregressive decoding (dllm.sampler), scoring
+by a named likelihood estimator (dllm.estimators), and LLaDA's supervised loss for the warm-up.
+
+Any mask predictor works: a model whose forward(input_ids, attention_mask) returns `.logits` for
+every position of a partially masked sequence, with a known mask token id (LLaDA-8B, Dream-7B with
+`shift_logits`, LLaDA2 through their remote code; the tiny model of dllm.models). Each rollout row
+gets a mask seed (`extras["mask_seed"]`) from which the estimator draws its masks, per inner
+iteration (`mask_iteration`, set by the trainer: `fresh_masks`), so the old, reference and current
+policies see identical masks. Rows rolled out with fixed hint tokens (IGPO) carry
+`extras["hint_mask"]` [N, C].
+"""
+from __future__ import annotations
+
+import torch
+
+from dllm.estimators import ESTIMATORS, estimate
+from dllm.sampler import block_schedule, generate_blocks
+from mmrl.core.adapter import completion_mask_from_eos, group_sizes, tokenized_completions
+from mmrl.core.batch import RolloutBatch
+
+
+class MaskedDiffusionAdapter:
+    fresh_masks = True  # masks are redrawn per inner iteration: the trainer records old log-probs per iteration
+
+    def __init__(self, tokenizer, mask_token_id: int, block_length: int = 32, steps: int | None = None,
+                 estimator: str = "one_step", estimator_params: dict | None = None, shift_logits: bool = False,
+                 max_prompt_length: int = 512, logprob_chunk_rows: int = 4, seed: int = 0,
+                 sft_eps: float = 1e-3, sft_pad_to: int | None = None):
+        ESTIMATORS.check_params(estimator, estimator_params or {}, "model.diffusion.estimator_params",
+                                skip=("valid", "prompt_valid", "seed", "iteration"))
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.tokenizer.truncation_side = "left"
+        self.mask_token_id = mask_token_id
+        self.block_length, self.steps = block_length, steps
+        self.estimator, self.estimator_params = estimator, dict(estimator_params or {})
+        self.shift_logits = shift_logits
+        self.max_prompt_length, self.logprob_chunk_rows = max_prompt_length, logprob_chunk_rows
+        self.sft_eps, self.sft_pad_to = sft_eps, sft_pad_to
+        self.mask_iteration = 0
+        self.seeds = torch.Generator().manual_seed(seed + 17)  # mask seeds of new rollout rows
+        eos = tokenizer.eos_token_id
+        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
+        if mask_token_id in self.eos_token_ids or mask_token_id == tokenizer.pad_token_id:
+            raise ValueError(f"mask token id {mask_token_id} is also the EOS / pad token")
+
+    # ------------------------------------------------------------------ prompts
+    def prepare(self, example: dict) -> str:
+        prompt = example["prompt"]
+        return prompt if isinstance(prompt, str) else \
+            self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def _encode_prompts(self, examples: list[dict]):
+        enc = self.tokenizer([self.prepare(e) for e in examples], padding=True, truncation=True,
+                             max_length=self.max_prompt_length, add_special_tokens=False, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def _new_seeds(self, rows: int) -> torch.Tensor:
+        return torch.randint(0, 2 ** 31 - 1, (rows,), generator=self.seeds)
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def generate(self, model, examples: list[dict], group_size: int | list[int], rollout_cfg,
+                 fixed: torch.Tensor | None = None) -> RolloutBatch:
+        """`group_size` completions of every example; `fixed` [rows, max_new_tokens] pins hint
+        tokens (-1 elsewhere) in each row's canvas (IGPO inpainting)."""
+        sizes = group_sizes(group_size, len(examples))
+        prompt_ids, prompt_mask = self._encode_prompts(examples)
+        device = next(model.parameters()).device
+        prompt_ids = prompt_ids.repeat_interleave(sizes, 0).to(device)
+        prompt_mask = prompt_mask.repeat_interleave(sizes, 0).to(device)
+        gen_length = rollout_cfg.max_new_tokens
+        steps = self.steps or gen_length // 2
+        was_training = model.training
+        model.eval()
+        completion = generate_blocks(model, prompt_ids, prompt_mask, gen_length, self.block_length, steps,
+                                     self.mask_token_id, temperature=rollout_cfg.temperature,
+                                     top_p=rollout_cfg.top_p if rollout_cfg.top_p < 1 else None,
+                                     top_k=rollout_cfg.top_k or None, fixed=fixed, shift_logits=self.shift_logits)
+        model.train(was_training)
+        completion = completion.cpu()
+        completion_mask = completion_mask_from_eos(completion, self.eos_token_ids)
+        completion = completion.masked_fill(completion_mask == 0, self.eos_token_ids[0])  # LLaDA's EOS padding
+        texts = self.tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id),
+                                            skip_special_tokens=True)
+        hint_mask = (fixed >= 0).cpu() if fixed is not None else torch.zeros_like(completion, dtype=torch.bool)
+        return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), completion_ids=completion,
+                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)).repeat_interleave(sizes),
+                            extras={"mask_seed": self._new_seeds(len(completion)), "hint_mask": hint_mask & (completion_mask == 1)},
+                            examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
+                            completions_text=texts)
+
+    def check_rollout(self, rollout_cfg) -> None:
+        block_schedule(rollout_cfg.max_new_tokens, self.block_length, self.steps or rollout_cfg.max_new_tokens // 2)
+
+    def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
+        prompt_ids, prompt_mask = self._encode_prompts(examples)
+        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
+        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
+                            extras={"mask_seed": self._new_seeds(len(examples)),
+                                    "hint_mask": torch.zeros_like(completion_ids, dtype=torch.bool)},
+                            examples=list(examples), completions_text=list(completions))
+
+    # ------------------------------------------------------------------ scoring
+    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+        """Per-token terms [N, C] of the configured estimator at this inner iteration's masks."""
+        seeds = batch.extras["mask_seed"].tolist()
+        outs = []
+        for lo in range(0, len(batch), max(1, self.logprob_chunk_rows)):
+            hi = lo + max(1, self.logprob_chunk_rows)
+            outs.append(estimate(model, batch.prompt_ids[lo:hi], batch.prompt_mask[lo:hi], batch.completion_ids[lo:hi],
+                                 batch.completion_mask[lo:hi], seeds[lo:hi], self.mask_iteration, self.estimator,
+                                 self.estimator_params, self.mask_token_id, self.shift_logits, with_entropy))
+        if with_entropy:
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return torch.cat(outs)
+
+    def sft_loss(self, model, batch: RolloutBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """LLaDA's supervised loss: per row t ~ U(0, 1), p = (1 - eps) t + eps, each target token
+        masked with probability p, the prompt never; cross-entropy / p on masked tokens, divided by
+        the target's length, averaged over rows. Targets are padded with EOS to `sft_pad_to` (the
+        rollout length) and the padding is trained on, so the model learns to fill the canvas after
+        its answer with EOS, as LLaDA's SFT does."""
+        if self.sft_pad_to is not None and batch.completion_ids.shape[1] < self.sft_pad_to:
+            extra = self.sft_pad_to - batch.completion_ids.shape[1]
+            ids = torch.nn.functional.pad(batch.completion_ids.masked_fill(batch.completion_mask == 0,
+                                                                           self.eos_token_ids[0]),
+                                          (0, extra), value=self.eos_token_ids[0])
+            batch = RolloutBatch(prompt_ids=batch.prompt_ids, prompt_mask=batch.prompt_mask, completion_ids=ids,
+                                 completion_mask=torch.ones_like(ids), group_ids=batch.group_ids)
+        valid = batch.completion_mask.bool()
+        rows = len(batch)
+        t = torch.rand(rows, 1, generator=generator).to(valid.device)
+        p = (1 - self.sft_eps) * t + self.sft_eps
+        masked = (torch.rand(valid.shape, generator=generator).to(valid.device) < p) & valid
+        canvas = torch.cat([batch.prompt_ids, batch.completion_ids.masked_fill(masked, self.mask_token_id)], dim=1)
+        attention = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_mask)], dim=1)
+        logits = model(input_ids=canvas, attention_mask=attention).logits
+        if self.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        logp = torch.log_softmax(logits[:, batch.prompt_ids.shape[1]:].float(), -1)
+        nll = -logp.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+        per_row = (nll * masked / p).sum(-1) / valid.sum(-1).clamp(min=1)
+        return per_row.mean()
+
+    def save_pretrained(self, directory) -> None:
+        self.tokenizer.save_pretrained(directory)

@@ -1,0 +1,22 @@
+"""Group-relative RL on a masked diffusion LM (LLaDA-8B, Dream-7B, LLaDA2 from a local directory, or a
+tiny random one): d1's one-step estimator, GDPO's ELBO estimators and sequence loss, IGPO's inpainting.
+
+    accelerate launch scripts/train_dllm.py --config configs/tiny_dllm_grpo.yaml
+    accelerate launch --num_processes 8 scripts/train_dllm.py --config configs/dllm_gdpo_llada8b.yaml \\
+        model.name_or_path=/path/to/LLaDA-8B-Instruct
+"""
+import dllm
+from dllm.igpo import inpaint
+from mmrl.config import config_from_cli
+from mmrl.core.trainer import train
+from mmrl.data import load_examples
+
+
+def main(argv=None):
+    cfg = config_from_cli(argv, __doc__, modality="dllm")
+    model, adapter = dllm.build(cfg)
+    return train(cfg, adapter, model, load_examples(cfg.data), post_rollout=[inpaint] if cfg.inpainting.enabled else [])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Video frames for Qwen-VL models: decoded with decord, sampled and sized by qwen-vl-utils' rules.
+
+The number of frames and their indices follow qwen_vl_utils (`smart_nframes`: `fps` frames per
+second within [min_frames, max_frames], or a fixed `nframes`, always even; indices evenly spaced
+over the clip, rounded), and so does the frame size (`smart_resize` to multiples of patch * merge
+within [min_pixels, max_pixels], the cap lowered so that all frames fit `total_pixels`). The
+frames then go to the processor with their `VideoMetadata` (source fps, indices), which gives
+Qwen2.5-VL its seconds per temporal patch and Qwen3-VL its timestamps.
+
+Why not qwen_vl_utils.fetch_video itself: it picks torchcodec over decord when both are installed
+and, on any read error, silently retries with torchvision's reader (gone in torchvision 0.29), so a
+corrupt file surfaces as an unrelated error; and it keeps no cache. Here a decode error names the
+file, and a `FrameCache` keeps decoded videos across the G rollouts of a group and across steps.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+class VideoError(ValueError):
+    """A video that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """How many frames to take and how large (the fields of model.video)."""
+    fps: float | None = 2.0
+    nframes: int | None = None
+    min_frames: int = 4
+    max_frames: int = 16
+    min_pixels: int = 100_352
+    max_pixels: int = 602_112
+    total_pixels: int = 90_316_800
+
+    @classmethod
+    def from_config(cls, video_cfg) -> "FrameSampling":
+        return cls(fps=video_cfg.fps, nframes=video_cfg.nframes, min_frames=video_cfg.min_frames,
+                   max_frames=video_cfg.max_frames, min_pixels=video_cfg.min_pixels,
+                   max_pixels=video_cfg.max_pixels, total_pixels=video_cfg.total_pixels)
+
+    def check(self) -> None:
+        if self.nframes is None and (self.fps is None or self.fps <= 0):
+            raise ValueError("model.video: set fps > 0 or nframes")
+        if self.nframes is not None and self.nframes < 2:
+            raise ValueError(f"model.video.nframes={self.nframes}: at least 2 frames (one temporal patch)")
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"model.video.min_frames={self.min_frames} exceeds max_frames={self.max_frames}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"model.video.min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}")
+
+
+@dataclass
+class Video:
+    """Sampled frames [T, C, H, W] uint8, sized for the model, and where they came from."""
+    frames: torch.Tensor
+    metadata: object  # transformers.video_utils.VideoMetadata
+    path: str = ""
+    indices: list[int] = field(default_factory=list)
+
+    def with_noise(self, sigma: float, seed: int) -> "Video":
+        """A copy with i.i.d. Gaussian noise of std `sigma` (a fraction of the pixel range) on every
+        frame, drawn from `seed` (the same noisy input for all rollouts of a group, and on resume)."""
+        if sigma <= 0:
+            return self
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(self.frames.shape, generator=gen) * (sigma * 255.0)
+        noisy = (self.frames.float() + noise).round().clamp(0, 255).to(torch.uint8)
+        return Video(frames=noisy, metadata=self.metadata, path=self.path, indices=self.indices)
+
+
+def frame_indices(total_frames: int, video_fps: float, sampling: FrameSampling) -> list[int]:
+    """Indices of the frames to decode: qwen_vl_utils.smart_nframes' count, evenly spaced, rounded."""
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    if sampling.nframes is not None:
+        element = {"nframes": sampling.nframes}
+    else:
+        element = {"fps": sampling.fps, "min_frames": sampling.min_frames, "max_frames": sampling.max_frames}
+    count = smart_nframes(element, total_frames=total_frames, video_fps=video_fps)
+    return torch.linspace(0, total_frames - 1, count).round().long().tolist()
+
+
+def frame_size(height: int, width: int, num_frames: int, sampling: FrameSampling, factor: int) -> tuple[int, int]:
+    """(height, width) each frame is resized to: qwen_vl_utils.fetch_video's rule, where the per-frame
+    cap is min(max_pixels, total_pixels / frames * 2) (two frames share a temporal patch)."""
+    from qwen_vl_utils.vision_process import FRAME_FACTOR, smart_resize
+
+    cap = max(min(sampling.max_pixels, sampling.total_pixels / num_frames * FRAME_FACTOR),
+              int(sampling.min_pixels * 1.05))
+    return smart_resize(height, width, factor=factor, min_pixels=sampling.min_pixels, max_pixels=cap)
+
+
+def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic, antialiased (as qwen_vl_utils), back to uint8."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    if frames.shape[-2:] == (height, width):
+        return frames
+    out = resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8) if out.is_floating_point() else out
+
+
+def read_video(path: str | Path, sampling: FrameSampling, factor: int = 28) -> Video:
+    """Decode the sampled frames of `path` with decord and size them for a model whose patches
+    merge to `factor` pixels (28 for Qwen2/2.5-VL, 32 for Qwen3-VL). Raises VideoError."""
+    import decord
+    from transformers.video_utils import VideoMetadata
+
+    path = str(path)
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+        total, fps = len(reader), float(reader.get_avg_fps())
+        if total < 2:
+            raise VideoError(f"video {path}: {total} frame(s); at least 2 are needed")
+        indices = frame_indices(total, fps, sampling)
+        frames = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
+    except VideoError:
+        raise
+    except Exception as err:  # decord raises RuntimeError / DECORDError; smart_nframes ValueError
+        raise VideoError(f"video {path} cannot be read: {str(err).splitlines()[0][:200]}") from None
+    height, width = frame_size(frames.shape[2], frames.shape[3], len(indices), sampling, factor)
+    metadata = VideoMetadata(total_num_frames=total, fps=fps, frames_indices=indices, video_backend="decord")
+    return Video(frames=resize_frames(frames, height, width), metadata=metadata, path=path, indices=indices)
+
+
+def check_video(path: str | Path, sampling: FrameSampling, decode: bool = True, factor: int = 28) -> None:
+    """Raise VideoError if `path` cannot be opened (and, with `decode`, its sampled frames decoded)."""
+    if decode:
+        read_video(path, sampling, factor)
+        return
+    import decord
+    try:
+        if len(decord.VideoReader(str(path), num_threads=1)) < 2:
+            raise VideoError(f"video {path}: fewer than 2 frames")
+    except VideoError:
+        raise
+    except Exception as err:
+        raise VideoError(f"video {path} cannot be opened: {str(err).splitlines()[0][:200]}") from None
+
+
+class FrameCache:
+    """Decoded, resized videos by path, least recently used dropped beyond `max_videos` (0 = no
+    cache). The G rollouts of a group, and later visits of a prompt, decode its video once."""
+
+    def __init__(self, sampling: FrameSampling, factor: int = 28, max_videos: int = 64):
+        self.sampling, self.factor, self.max_videos = sampling, factor, max_videos
+        self._videos: OrderedDict[str, Video] = OrderedDict()
+        self.decoded = 0  # videos decoded so far (cache misses)
+
+    def get(self, path: str | Path) -> Video:
+        key = str(path)
+        if key in self._videos:
+            self._videos.move_to_end(key)
+            return self._videos[key]
+        video = read_video(key, self.sampling, self.factor)
+        self.decoded += 1
+        if self.max_videos > 0:
+            self._videos[key] = video
+            while len(self._videos) > self.max_videos:
+                self._videos.popitem(last=False)
+        return video
+
+    def __len__(self) -> int:
+        return len(self._videos)
