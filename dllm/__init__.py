@@ -17,6 +17,6 @@ def build(cfg, training: bool = True):
                                      block_length=d.block_length, steps=d.steps, estimator=d.estimator,
                                      estimator_params=d.estimator_params, shift_logits=d.shift_logits,
                                      max_prompt_length=cfg.data.max_prompt_length,
-                                     logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, seed=cfg.trainer.seed,
+                                     logprob_chunk_rows=cfg.trainer.logprob_chunk_rows,
                                      sft_pad_to=cfg.rollout.max_new_tokens)
     return model, adapter

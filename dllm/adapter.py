@@ -6,7 +6,9 @@ every position of a partially masked sequence, with a known mask token id (LLaDA
 `shift_logits`, LLaDA2 through their remote code; the tiny model of dllm.models). Each rollout row
 gets a mask seed (`extras["mask_seed"]`) from which the estimator draws its masks, per inner
 iteration (`mask_iteration`, set by the trainer: `fresh_masks`), so the old, reference and current
-policies see identical masks. Rows rolled out with fixed hint tokens (IGPO) carry
+policies see identical masks. The G completions of a prompt share their seed (common random
+numbers: tokens they have in common at the same positions are masked alike, so their terms cancel
+in the group-relative update rather than adding noise). Rows rolled out with fixed hint tokens (IGPO) carry
 `extras["hint_mask"]` [N, C].
 """
 from __future__ import annotations
@@ -15,48 +17,34 @@ import torch
 
 from dllm.estimators import ESTIMATORS, estimate
 from dllm.sampler import block_schedule, generate_blocks
-from mmrl.core.adapter import completion_mask_from_eos, group_sizes, tokenized_completions
+from mmrl.core.adapter import completion_mask_from_eos
 from mmrl.core.batch import RolloutBatch
+from mmrl.text.adapter import ChatPrompts
 
 
-class MaskedDiffusionAdapter:
+class MaskedDiffusionAdapter(ChatPrompts):
     fresh_masks = True  # masks are redrawn per inner iteration: the trainer records old log-probs per iteration
 
     def __init__(self, tokenizer, mask_token_id: int, block_length: int = 32, steps: int | None = None,
                  estimator: str = "one_step", estimator_params: dict | None = None, shift_logits: bool = False,
-                 max_prompt_length: int = 512, logprob_chunk_rows: int = 4, seed: int = 0,
-                 sft_eps: float = 1e-3, sft_pad_to: int | None = None):
+                 max_prompt_length: int = 512, logprob_chunk_rows: int = 4, sft_eps: float = 1e-3,
+                 sft_pad_to: int | None = None):
         ESTIMATORS.check_params(estimator, estimator_params or {}, "model.diffusion.estimator_params",
                                 skip=("valid", "prompt_valid", "seed", "iteration"))
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"
-        self.tokenizer.truncation_side = "left"
+        self._setup_prompts(tokenizer, max_prompt_length)
         self.mask_token_id = mask_token_id
         self.block_length, self.steps = block_length, steps
         self.estimator, self.estimator_params = estimator, dict(estimator_params or {})
         self.shift_logits = shift_logits
-        self.max_prompt_length, self.logprob_chunk_rows = max_prompt_length, logprob_chunk_rows
+        self.logprob_chunk_rows = logprob_chunk_rows
         self.sft_eps, self.sft_pad_to = sft_eps, sft_pad_to
         self.mask_iteration = 0
-        self.seeds = torch.Generator().manual_seed(seed + 17)  # mask seeds of new rollout rows
-        eos = tokenizer.eos_token_id
-        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
         if mask_token_id in self.eos_token_ids or mask_token_id == tokenizer.pad_token_id:
             raise ValueError(f"mask token id {mask_token_id} is also the EOS / pad token")
 
-    # ------------------------------------------------------------------ prompts
-    def prepare(self, example: dict) -> str:
-        prompt = example["prompt"]
-        return prompt if isinstance(prompt, str) else \
-            self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-    def _encode_prompts(self, examples: list[dict]):
-        enc = self.tokenizer([self.prepare(e) for e in examples], padding=True, truncation=True,
-                             max_length=self.max_prompt_length, add_special_tokens=False, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
     def _new_seeds(self, rows: int) -> torch.Tensor:
-        return torch.randint(0, 2 ** 31 - 1, (rows,), generator=self.seeds)
+        """Mask seeds of new rows, from the global RNG (checkpointed: a resumed run draws the same)."""
+        return torch.randint(0, 2 ** 31 - 1, (rows,))
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -64,11 +52,7 @@ class MaskedDiffusionAdapter:
                  fixed: torch.Tensor | None = None) -> RolloutBatch:
         """`group_size` completions of every example; `fixed` [rows, max_new_tokens] pins hint
         tokens (-1 elsewhere) in each row's canvas (IGPO inpainting)."""
-        sizes = group_sizes(group_size, len(examples))
-        prompt_ids, prompt_mask = self._encode_prompts(examples)
-        device = next(model.parameters()).device
-        prompt_ids = prompt_ids.repeat_interleave(sizes, 0).to(device)
-        prompt_mask = prompt_mask.repeat_interleave(sizes, 0).to(device)
+        sizes, prompt_ids, prompt_mask = self._grouped_prompts(model, examples, group_size)
         gen_length = rollout_cfg.max_new_tokens
         steps = self.steps or gen_length // 2
         was_training = model.training
@@ -86,7 +70,8 @@ class MaskedDiffusionAdapter:
         hint_mask = (fixed >= 0).cpu() if fixed is not None else torch.zeros_like(completion, dtype=torch.bool)
         return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), completion_ids=completion,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)).repeat_interleave(sizes),
-                            extras={"mask_seed": self._new_seeds(len(completion)), "hint_mask": hint_mask & (completion_mask == 1)},
+                            extras={"mask_seed": self._new_seeds(len(examples)).repeat_interleave(sizes),
+                                    "hint_mask": hint_mask & (completion_mask == 1)},
                             examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
 
@@ -94,13 +79,8 @@ class MaskedDiffusionAdapter:
         block_schedule(rollout_cfg.max_new_tokens, self.block_length, self.steps or rollout_cfg.max_new_tokens // 2)
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
-        prompt_ids, prompt_mask = self._encode_prompts(examples)
-        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
-        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
-                            extras={"mask_seed": self._new_seeds(len(examples)),
-                                    "hint_mask": torch.zeros_like(completion_ids, dtype=torch.bool)},
-                            examples=list(examples), completions_text=list(completions))
+        return self._teacher_forced(examples, completions, mask_seed=lambda ids: self._new_seeds(len(ids)),
+                                    hint_mask=lambda ids: torch.zeros_like(ids, dtype=torch.bool))
 
     # ------------------------------------------------------------------ scoring
     def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):

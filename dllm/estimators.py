@@ -90,15 +90,6 @@ def elbo_sdmc_plan(valid: torch.Tensor, prompt_valid: torch.Tensor, seed: int, i
     return plan
 
 
-def passes_of(name: str, params: dict) -> int:
-    """Forward passes per scoring of `name` with `params`."""
-    if name == "one_step":
-        return 1
-    if name == "elbo_mc":
-        return params.get("passes", 4)
-    return params.get("nodes", 3) * params.get("masks_per_node", 1)
-
-
 def estimate(model, prompt_ids, prompt_mask, completion_ids, completion_mask, seeds, iteration: int, name: str,
              params: dict, mask_token_id: int, shift_logits: bool = False, with_entropy: bool = False):
     """Per-token terms [N, C] (and entropies [N, C]) of estimator `name` for the batch's completions."""

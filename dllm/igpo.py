@@ -123,6 +123,7 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
         return batch, stats
     chosen = redo.select(torch.tensor(take_rows))
     chosen.example_index, chosen.group_ids = batch.example_index[put_rows].cpu(), batch.group_ids[put_rows].cpu()
+    chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
     with torch.no_grad():
         _, entropy = adapter.log_probs(accelerator.unwrap_model(model), chosen.to(accelerator.device), with_entropy=True)
     chosen.extras["loss_mask"] = entropy_filtered_mask(chosen.extras["hint_mask"].cpu(), entropy.cpu(),

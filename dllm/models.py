@@ -9,6 +9,7 @@ loads with `AutoModel.from_pretrained` like a real checkpoint, without remote co
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -67,13 +68,9 @@ def build_tiny_mdlm(tokenizer, hidden_size: int = 64, intermediate_size: int = 1
 
 def save_tiny_mdlm(directory: str | Path, **model_kwargs) -> Path:
     """Write a tiny mask predictor + tokenizer to `directory` (a stand-in for a downloaded checkpoint)."""
-    from mmrl.models.tiny import build_tokenizer
+    from mmrl.models.tiny import save_tiny
 
-    directory = Path(directory)
-    tok = build_tokenizer()
-    build_tiny_mdlm(tok, **model_kwargs).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
+    return save_tiny(directory, builder=build_tiny_mdlm, **model_kwargs)
 
 
 def mask_token_id_of(model, tokenizer, configured: int | None = None) -> int:
@@ -103,15 +100,16 @@ def load_mask_predictor(model_cfg, seed: int = 0):
     path = model_cfg.name_or_path
     if not Path(path).is_dir():
         raise ValueError(f"model.name_or_path '{path}' is not a local directory (mmrl does not download)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    config_file = Path(path) / "config.json"
+    auto_map = json.loads(config_file.read_text()).get("auto_map") if config_file.exists() else None
+    if auto_map and not model_cfg.trust_remote_code:
+        raise ValueError(f"{path} ships its own modeling code (auto_map in config.json: LLaDA, Dream, LLaDA2): "
+                         "set model.trust_remote_code: true")
     kwargs = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": model_cfg.trust_remote_code}
     try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModel.from_pretrained(path, **kwargs)
-    except (AttributeError, TypeError, ImportError, KeyError) as err:
-        raise RuntimeError(f"loading the mask predictor at {path} failed ({type(err).__name__}: {err}). "
-                           f"{REMOTE_CODE_FIX}") from err
-    except ValueError as err:
-        if "trust_remote_code" in str(err) and not model_cfg.trust_remote_code:
-            raise ValueError(f"{path} needs its own modeling code: set model.trust_remote_code: true") from err
-        raise
+    except (AttributeError, TypeError, ImportError, KeyError, ValueError, OSError) as err:
+        raise RuntimeError(f"loading the mask predictor at {path} failed ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:300]}). {REMOTE_CODE_FIX}") from err
     return model, tokenizer

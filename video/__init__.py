@@ -6,7 +6,6 @@ def build(cfg, training: bool = True):
     """(model, adapter) for a video run: the Qwen-VL model of mmrl.vlm with the video adapter
     (frame sampling and cache from model.video)."""
     from mmrl import vlm
-    from video.frames import FrameSampling
 
     return vlm.build(cfg, training=training, adapter_cls=VideoAdapter,
-                     sampling=FrameSampling.from_config(cfg.model.video), cache_videos=cfg.model.video.cache_videos)
+                     sampling=cfg.model.video, cache_videos=cfg.model.video.cache_videos)

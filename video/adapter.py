@@ -10,16 +10,17 @@ difficulty-aware augmentation): Gaussian noise on every frame of its videos.
 from __future__ import annotations
 
 from mmrl.vlm.adapter import VLMAdapter
-from video.frames import FrameCache, FrameSampling, check_video
+from mmrl.config import VideoConfig
+from video.frames import FrameCache, check_sampling, check_video
 
 
 class VideoAdapter(VLMAdapter):
     supports_frame_noise = True  # the difficulty-aware augmentation may perturb this adapter's inputs
 
-    def __init__(self, processor, sampling: FrameSampling | None = None, cache_videos: int = 64, **vlm_kwargs):
+    def __init__(self, processor, sampling: VideoConfig | None = None, cache_videos: int = 64, **vlm_kwargs):
         super().__init__(processor, **vlm_kwargs)
-        self.sampling = sampling or FrameSampling()
-        self.sampling.check()
+        self.sampling = sampling or VideoConfig()
+        check_sampling(self.sampling)
         video_processor = getattr(processor, "video_processor", None)
         patch = getattr(video_processor, "patch_size", self.patch_size)
         merge = getattr(video_processor, "merge_size", 2)

@@ -20,37 +20,23 @@ from pathlib import Path
 
 import torch
 
+from mmrl.config import VideoConfig
+
 
 class VideoError(ValueError):
     """A video that cannot be opened or decoded; the message names the file."""
 
 
-@dataclass(frozen=True)
-class FrameSampling:
-    """How many frames to take and how large (the fields of model.video)."""
-    fps: float | None = 2.0
-    nframes: int | None = None
-    min_frames: int = 4
-    max_frames: int = 16
-    min_pixels: int = 100_352
-    max_pixels: int = 602_112
-    total_pixels: int = 90_316_800
-
-    @classmethod
-    def from_config(cls, video_cfg) -> "FrameSampling":
-        return cls(fps=video_cfg.fps, nframes=video_cfg.nframes, min_frames=video_cfg.min_frames,
-                   max_frames=video_cfg.max_frames, min_pixels=video_cfg.min_pixels,
-                   max_pixels=video_cfg.max_pixels, total_pixels=video_cfg.total_pixels)
-
-    def check(self) -> None:
-        if self.nframes is None and (self.fps is None or self.fps <= 0):
-            raise ValueError("model.video: set fps > 0 or nframes")
-        if self.nframes is not None and self.nframes < 2:
-            raise ValueError(f"model.video.nframes={self.nframes}: at least 2 frames (one temporal patch)")
-        if self.min_frames > self.max_frames:
-            raise ValueError(f"model.video.min_frames={self.min_frames} exceeds max_frames={self.max_frames}")
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"model.video.min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}")
+def check_sampling(sampling: VideoConfig) -> None:
+    """Raise naming the model.video field that makes no sense."""
+    if sampling.nframes is None and (sampling.fps is None or sampling.fps <= 0):
+        raise ValueError("model.video: set fps > 0 or nframes")
+    if sampling.nframes is not None and sampling.nframes < 2:
+        raise ValueError(f"model.video.nframes={sampling.nframes}: at least 2 frames (one temporal patch)")
+    if sampling.min_frames > sampling.max_frames:
+        raise ValueError(f"model.video.min_frames={sampling.min_frames} exceeds max_frames={sampling.max_frames}")
+    if sampling.min_pixels > sampling.max_pixels:
+        raise ValueError(f"model.video.min_pixels={sampling.min_pixels} exceeds max_pixels={sampling.max_pixels}")
 
 
 @dataclass
@@ -72,7 +58,7 @@ class Video:
         return Video(frames=noisy, metadata=self.metadata, path=self.path, indices=self.indices)
 
 
-def frame_indices(total_frames: int, video_fps: float, sampling: FrameSampling) -> list[int]:
+def frame_indices(total_frames: int, video_fps: float, sampling: VideoConfig) -> list[int]:
     """Indices of the frames to decode: qwen_vl_utils.smart_nframes' count, evenly spaced, rounded."""
     from qwen_vl_utils.vision_process import smart_nframes
 
@@ -84,7 +70,7 @@ def frame_indices(total_frames: int, video_fps: float, sampling: FrameSampling) 
     return torch.linspace(0, total_frames - 1, count).round().long().tolist()
 
 
-def frame_size(height: int, width: int, num_frames: int, sampling: FrameSampling, factor: int) -> tuple[int, int]:
+def frame_size(height: int, width: int, num_frames: int, sampling: VideoConfig, factor: int) -> tuple[int, int]:
     """(height, width) each frame is resized to: qwen_vl_utils.fetch_video's rule, where the per-frame
     cap is min(max_pixels, total_pixels / frames * 2) (two frames share a temporal patch)."""
     from qwen_vl_utils.vision_process import FRAME_FACTOR, smart_resize
@@ -105,7 +91,7 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
     return out.round().clamp(0, 255).to(torch.uint8) if out.is_floating_point() else out
 
 
-def read_video(path: str | Path, sampling: FrameSampling, factor: int = 28) -> Video:
+def read_video(path: str | Path, sampling: VideoConfig, factor: int = 28) -> Video:
     """Decode the sampled frames of `path` with decord and size them for a model whose patches
     merge to `factor` pixels (28 for Qwen2/2.5-VL, 32 for Qwen3-VL). Raises VideoError."""
     import decord
@@ -128,7 +114,7 @@ def read_video(path: str | Path, sampling: FrameSampling, factor: int = 28) -> V
     return Video(frames=resize_frames(frames, height, width), metadata=metadata, path=path, indices=indices)
 
 
-def check_video(path: str | Path, sampling: FrameSampling, decode: bool = True, factor: int = 28) -> None:
+def check_video(path: str | Path, sampling: VideoConfig, decode: bool = True, factor: int = 28) -> None:
     """Raise VideoError if `path` cannot be opened (and, with `decode`, its sampled frames decoded)."""
     if decode:
         read_video(path, sampling, factor)
@@ -147,7 +133,7 @@ class FrameCache:
     """Decoded, resized videos by path, least recently used dropped beyond `max_videos` (0 = no
     cache). The G rollouts of a group, and later visits of a prompt, decode its video once."""
 
-    def __init__(self, sampling: FrameSampling, factor: int = 28, max_videos: int = 64):
+    def __init__(self, sampling: VideoConfig, factor: int = 28, max_videos: int = 64):
         self.sampling, self.factor, self.max_videos = sampling, factor, max_videos
         self._videos: OrderedDict[str, Video] = OrderedDict()
         self.decoded = 0  # videos decoded so far (cache misses)

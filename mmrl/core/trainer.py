@@ -2,10 +2,12 @@
 
 One step:  the sampler draws the global prompts (and their group sizes) -> each rank generates its
 share of groups (adapter.generate) and scores them (configured reward functions; a refilling
-sampler drops degenerate groups and draws again) -> the rows of all ranks are gathered and the
-advantages computed over the whole batch, updating the stateful estimator and sampler identically
-on every rank -> token weights, old / reference log-probs -> `num_iterations` policy updates
-(loss by name, gradient accumulation over micro-batches) -> metrics, checkpoint.
+sampler drops degenerate groups and draws again) -> optional per-rank rewrites of the scored groups
+(difficulty-aware augmentation; a modality's `post_rollout` methods, e.g. IGPO's inpainting) ->
+the rows of all ranks are gathered and the advantages computed over the whole batch, updating the
+stateful estimator and sampler identically on every rank -> token weights, old / reference
+log-probs (per inner update for adapters whose scoring draws fresh masks) -> `num_iterations`
+policy updates (loss by name, gradient accumulation over micro-batches) -> metrics, checkpoint.
 """
 from __future__ import annotations
 

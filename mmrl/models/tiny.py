@@ -76,10 +76,11 @@ def build_tiny_causal_lm(tokenizer, hidden_size: int = 64, intermediate_size: in
     return model
 
 
-def save_tiny(directory: str | Path, **model_kwargs) -> Path:
-    """Write a tiny model + tokenizer to `directory` (a stand-in for a downloaded checkpoint)."""
+def save_tiny(directory: str | Path, builder=build_tiny_causal_lm, **model_kwargs) -> Path:
+    """Write a tiny model (`builder(tokenizer, **model_kwargs)`, a causal LM by default) + tokenizer
+    to `directory` (a stand-in for a downloaded checkpoint)."""
     directory = Path(directory)
     tok = build_tokenizer()
-    build_tiny_causal_lm(tok, **model_kwargs).save_pretrained(directory)
+    builder(tok, **model_kwargs).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

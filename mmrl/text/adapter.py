@@ -8,25 +8,22 @@ from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completi
 from mmrl.core.batch import RolloutBatch
 
 
-class CausalLMAdapter(LogProbsFromLogits):
-    """Any AutoModelForCausalLM with a chat-templated tokenizer.
+class ChatPrompts:
+    """Chat-templated text prompts, left padded and cut from the left at `max_prompt_length`: the
+    prompt side shared by the causal-LM and the masked-diffusion adapters."""
 
-    Prompts are left padded; completions right padded. Log-probs are scored at the sampling
-    temperature (the distribution the completions were drawn from) with position ids derived
-    from the attention mask, exactly as `generate` computes them for left-padded rows."""
+    tokenizer = None
+    max_prompt_length: int = 512
+    eos_token_ids: list[int]
 
-    def __init__(self, tokenizer, max_prompt_length: int = 512, logprob_chunk_rows: int = 4,
-                 temperature: float = 1.0):
+    def _setup_prompts(self, tokenizer, max_prompt_length: int) -> None:
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"  # over-long prompts lose their beginning, not the question
         self.max_prompt_length = max_prompt_length
-        self.logprob_chunk_rows = logprob_chunk_rows
-        self.temperature = temperature
         eos = tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
 
-    # ------------------------------------------------------------------ prompts
     def prepare(self, example: dict) -> str:
         prompt = example["prompt"]
         if isinstance(prompt, str):
@@ -39,16 +36,41 @@ class CausalLMAdapter(LogProbsFromLogits):
                              add_special_tokens=False, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
+    def _grouped_prompts(self, model, examples: list[dict], group_size: int | list[int]):
+        """(group sizes, prompt ids, prompt mask) with each prompt repeated for its group, on the model's device."""
+        sizes = group_sizes(group_size, len(examples))
+        prompt_ids, prompt_mask = self._encode_prompts(examples)
+        device = next(model.parameters()).device
+        return sizes, prompt_ids.repeat_interleave(sizes, 0).to(device), prompt_mask.repeat_interleave(sizes, 0).to(device)
+
+    def _teacher_forced(self, examples: list[dict], completions: list[str], **extras) -> RolloutBatch:
+        prompt_ids, prompt_mask = self._encode_prompts(examples)
+        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
+        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
+                            extras={k: f(completion_ids) for k, f in extras.items()},
+                            examples=list(examples), completions_text=list(completions))
+
+
+class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
+    """Any AutoModelForCausalLM with a chat-templated tokenizer.
+
+    Prompts are left padded; completions right padded. Log-probs are scored at the sampling
+    temperature (the distribution the completions were drawn from) with position ids derived
+    from the attention mask, exactly as `generate` computes them for left-padded rows."""
+
+    def __init__(self, tokenizer, max_prompt_length: int = 512, logprob_chunk_rows: int = 4,
+                 temperature: float = 1.0):
+        self._setup_prompts(tokenizer, max_prompt_length)
+        self.logprob_chunk_rows = logprob_chunk_rows
+        self.temperature = temperature
+
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def generate(self, model, examples: list[dict], group_size: int | list[int], rollout_cfg) -> RolloutBatch:
         """`group_size` completions of every example (or group_size[i] of example i); greedy when
         rollout_cfg.temperature is 0 (evaluation)."""
-        sizes = group_sizes(group_size, len(examples))
-        prompt_ids, prompt_mask = self._encode_prompts(examples)
-        device = next(model.parameters()).device
-        prompt_ids = prompt_ids.repeat_interleave(sizes, 0).to(device)
-        prompt_mask = prompt_mask.repeat_interleave(sizes, 0).to(device)
+        sizes, prompt_ids, prompt_mask = self._grouped_prompts(model, examples, group_size)
         was_training = model.training
         model.eval()
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **sampling_kwargs(rollout_cfg),
@@ -63,11 +85,7 @@ class CausalLMAdapter(LogProbsFromLogits):
                             completions_text=texts)
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
-        prompt_ids, prompt_mask = self._encode_prompts(examples)
-        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
-        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
-                            examples=list(examples), completions_text=list(completions))
+        return self._teacher_forced(examples, completions)
 
     # ------------------------------------------------------------------ scoring
     def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:

@@ -328,3 +328,22 @@ def test_reg_grpo_groups_are_normalised_separately_and_take_kl():
                                     aggregation="seq-mean-token-mean", beta=0.1)
     assert with_kl.item() > loss.item() and stats["kl"] > 0
     assert losses.LOSSES.get("reg_grpo").whole_groups
+
+
+def test_gdpo_elbo_ratio_hand_computed():
+    """Two sequences with ELBO terms summing to D = (0.4, -0.3) over 2 and 3 tokens, A = (1, -1), eps 0.2.
+    Normalised in the exponent: r = (e^0.2, e^-0.1) = (1.2214, 0.9048): l1 = -min(1.2214, 1.2) = -1.2,
+    l2 = -min(-0.9048, -0.9048) = 0.9048; mean -0.1476. Not normalised: r = (e^0.4, e^-0.3) =
+    (1.4918, 0.7408): l1 = -1.2 / 2 = -0.6, l2 = -min(-0.7408, -0.8) / 3 = 0.8 / 3; mean -0.1667."""
+    logp = torch.tensor([[0.3, 0.1, 0.0], [-0.1, -0.1, -0.1]], dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(2, 3, dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    loss, stats = losses.compute("gdpo_elbo", logp, old, adv, mask, eps=0.2, aggregation="seq-mean-token-mean")
+    assert loss.item() == pytest.approx((-1.2 + math.exp(-0.1)) / 2, abs=1e-6)
+    loss.backward()  # sequence 1 is clipped (no gradient); sequence 2 is not: d/dlogp = (1/2) r2 / 3 per token
+    assert logp.grad[0].abs().max() == 0
+    assert logp.grad[1].tolist() == pytest.approx([math.exp(-0.1) / 6] * 3)
+    raw, _ = losses.compute("gdpo_elbo", logp, old, adv, mask, eps=0.2, length_normalized=False,
+                            aggregation="seq-mean-token-mean")
+    assert raw.item() == pytest.approx((-0.6 + 0.8 / 3) / 2, abs=1e-6)

@@ -8,8 +8,9 @@ from PIL import Image
 from mmrl.config import RolloutConfig
 from mmrl.models.tiny import build_tokenizer
 from mmrl.vlm.tiny import build_processor, build_tiny_vlm
+from tests.vlm.test_adapter import assert_shared_vision_gives_plain_gradients
 from video import VideoAdapter
-from video.frames import FrameSampling
+from mmrl.config import VideoConfig
 from video.synthetic import COLOURS, two_squares, write_mp4
 
 
@@ -27,7 +28,7 @@ def clips(tmp_path_factory):
 
 
 def make_adapter(tok, family="qwen2_5_vl", **kw):
-    sampling = FrameSampling(fps=2.0, min_frames=4, max_frames=4, min_pixels=3136, max_pixels=3136)
+    sampling = VideoConfig(fps=2.0, min_frames=4, max_frames=4, min_pixels=3136, max_pixels=3136)
     return VideoAdapter(build_processor(tok, 3136, 3136, family=family), sampling=sampling, min_pixels=3136,
                         max_pixels=3136, **kw)
 
@@ -78,16 +79,7 @@ def test_batched_rows_equal_rows_alone_and_shared_encoding_gives_plain_gradients
             alone = adapter.log_probs(model, out.select(slice(row, row + 1)))
             n = int(out.completion_mask[row].sum())
             torch.testing.assert_close(together[row, :n], alone[0, :n], atol=1e-5, rtol=0)
-    grads = []
-    for share in (False, True):
-        adapter.share_vision = share
-        model.zero_grad()
-        logp = adapter.log_probs(model, out)
-        (logp * out.completion_mask).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and any("visual" in n for n in grads[0])
-    for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    assert_shared_vision_gives_plain_gradients(adapter, model, out)
 
 
 def test_image_adapter_refuses_videos_naming_the_modality(tok, clips):

@@ -6,44 +6,46 @@ import logging
 import pytest
 import torch
 
-from video.frames import FrameCache, FrameSampling, Video, VideoError, frame_indices, frame_size, read_video
+from mmrl.config import VideoConfig
+from video.frames import (FrameCache, Video, VideoError, check_sampling, frame_indices, frame_size,
+                          read_video)
 from video.synthetic import COLOURS, first_colour, two_squares, write_mp4
 
 
 def test_frame_indices_by_fps_and_by_count():
     # 16 frames at 8 fps = 2 s; 2 fps -> 4 frames, evenly spaced over 0..15
-    assert frame_indices(16, 8.0, FrameSampling(fps=2.0, min_frames=4, max_frames=16)) == [0, 5, 10, 15]
+    assert frame_indices(16, 8.0, VideoConfig(fps=2.0, min_frames=4, max_frames=16)) == [0, 5, 10, 15]
     # 100 frames at 25 fps -> 8 frames: linspace(0, 99, 8) = 0, 14.14, 28.29, 42.43, 56.57, 70.71, 84.86, 99
-    assert frame_indices(100, 25.0, FrameSampling(fps=2.0)) == [0, 14, 28, 42, 57, 71, 85, 99]
+    assert frame_indices(100, 25.0, VideoConfig(fps=2.0)) == [0, 14, 28, 42, 57, 71, 85, 99]
     # 300 frames at 30 fps -> 20 wanted, capped at max_frames 16
-    assert len(frame_indices(300, 30.0, FrameSampling(fps=2.0, max_frames=16))) == 16
+    assert len(frame_indices(300, 30.0, VideoConfig(fps=2.0, max_frames=16))) == 16
     # a short clip: 1 s at 2 fps = 2 frames, raised to min_frames 4
-    assert frame_indices(10, 10.0, FrameSampling(fps=2.0, min_frames=4)) == [0, 3, 6, 9]
-    assert frame_indices(16, 8.0, FrameSampling(nframes=2)) == [0, 15]
-    assert len(frame_indices(16, 8.0, FrameSampling(nframes=5))) == 4  # counts are even (round(2.5) * 2)
+    assert frame_indices(10, 10.0, VideoConfig(fps=2.0, min_frames=4)) == [0, 3, 6, 9]
+    assert frame_indices(16, 8.0, VideoConfig(nframes=2)) == [0, 15]
+    assert len(frame_indices(16, 8.0, VideoConfig(nframes=5))) == 4  # counts are even (round(2.5) * 2)
 
 
 def test_frame_size_per_frame_and_total_budget():
-    small = FrameSampling(min_pixels=3136, max_pixels=3136)
+    small = VideoConfig(min_pixels=3136, max_pixels=3136)
     assert frame_size(56, 56, 4, small, 28) == (56, 56)
     # 16 frames of 480 x 640 with total_pixels 401,408: per-frame cap min(602,112, 401,408 / 16 * 2) = 50,176;
     # beta = sqrt(480 * 640 / 50,176) = 2.474 -> floor(480 / 2.474 / 28) * 28 = 168, floor(640 / 2.474 / 28) * 28 = 252
-    budget = FrameSampling(min_pixels=3136, max_pixels=602_112, total_pixels=401_408)
+    budget = VideoConfig(min_pixels=3136, max_pixels=602_112, total_pixels=401_408)
     assert frame_size(480, 640, 16, budget, 28) == (168, 252)
-    assert frame_size(480, 640, 16, FrameSampling(min_pixels=3136), 28) == (476, 644)  # under the cap: rounded
+    assert frame_size(480, 640, 16, VideoConfig(min_pixels=3136), 28) == (476, 644)  # under the cap: rounded
 
 
 def test_sampling_checks_name_the_field():
     with pytest.raises(ValueError, match="min_frames"):
-        FrameSampling(min_frames=8, max_frames=4).check()
+        check_sampling(VideoConfig(min_frames=8, max_frames=4))
     with pytest.raises(ValueError, match="nframes"):
-        FrameSampling(nframes=1).check()
+        check_sampling(VideoConfig(nframes=1))
 
 
 def test_read_back_a_written_mp4(tmp_path):
     frames = two_squares(COLOURS["red"], COLOURS["blue"], (0, 15), 56, 16)
     path = write_mp4(tmp_path / "clip.mp4", frames, fps=8)
-    video = read_video(path, FrameSampling(fps=2.0, min_pixels=3136, max_pixels=3136), factor=28)
+    video = read_video(path, VideoConfig(fps=2.0, min_pixels=3136, max_pixels=3136), factor=28)
     assert video.frames.shape == (4, 3, 56, 56) and video.frames.dtype == torch.uint8
     assert video.indices == [0, 5, 10, 15] and video.metadata.fps == 8.0 and video.metadata.total_num_frames == 16
     red_cell, blue_cell = video.frames[:, :, 4:10, 4:10].float(), video.frames[:, :, 46:52, 46:52].float()
@@ -58,12 +60,12 @@ def test_corrupt_missing_and_short_videos_raise_naming_the_file(tmp_path):
     write_mp4(tmp_path / "one.mp4", two_squares(COLOURS["red"], COLOURS["blue"], (0, 5), 56, 1), 8)
     for name in ("cut.mp4", "text.mp4", "missing.mp4", "one.mp4"):
         with pytest.raises(VideoError, match=name):
-            read_video(tmp_path / name, FrameSampling(nframes=2))
+            read_video(tmp_path / name, VideoConfig(nframes=2))
 
 
 def test_cache_decodes_each_video_once_and_drops_the_oldest(tmp_path):
     rows = first_colour(3, seed=0, video_dir=tmp_path)
-    cache = FrameCache(FrameSampling(nframes=2, min_pixels=3136, max_pixels=3136), max_videos=2)
+    cache = FrameCache(VideoConfig(nframes=2, min_pixels=3136, max_pixels=3136), max_videos=2)
     a = cache.get(rows[0]["video"])
     assert cache.get(rows[0]["video"]) is a and cache.decoded == 1
     cache.get(rows[1]["video"])
@@ -93,7 +95,7 @@ def test_synthetic_rows_and_skipped_corrupt_rows(tmp_path, caplog):
              {"video": "bad.mp4", "question": "q", "answer": "a"},
              {"video": "absent.mp4", "question": "q", "answer": "a"}]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
-    cache = FrameCache(FrameSampling(nframes=2, min_pixels=3136, max_pixels=3136))
+    cache = FrameCache(VideoConfig(nframes=2, min_pixels=3136, max_pixels=3136))
     with caplog.at_level(logging.WARNING):
         examples, skipped = load_video_examples(DataConfig(source=str(tmp_path / "train.jsonl")), cache.get)
     assert skipped == 2 and len(examples) == 1 and "bad.mp4" in caplog.text

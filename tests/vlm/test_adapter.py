@@ -158,6 +158,12 @@ def test_vision_encoded_once_per_group_gives_the_plain_gradients(tok, family):
     adapter = VLMAdapter(build_processor(tok, family=family), min_pixels=32 * 32, max_pixels=96 * 96)
     exs = [example([img(64, 64)]), example([img(96, 64, (0, 90, 200)), img(32, 32)], "Which?")]
     out = adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=5))
+    assert_shared_vision_gives_plain_gradients(adapter, model, out)
+
+
+def assert_shared_vision_gives_plain_gradients(adapter, model, out):
+    """Log-probs and parameter gradients (vision tower included) of `out` are the same with the
+    vision tower run once per group as once per row."""
     grads = []
     for share in (False, True):
         adapter.share_vision = share

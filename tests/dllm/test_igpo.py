@@ -1,0 +1,74 @@
+"""IGPO: chunking and hint layout (hand-checked), the entropy filter on hint tokens, and the rescue of
+an all-wrong group on the tiny model."""
+import random
+
+import torch
+from accelerate import Accelerator
+
+from dllm.igpo import chunk_spans, entropy_filtered_mask, hint_canvas, inpaint
+from mmrl.config import InpaintingConfig, load_config
+
+
+class FixedRng(random.Random):
+    """randint returns the given chunk sizes in turn; sample/uniform as random.Random."""
+    def __init__(self, sizes):
+        super().__init__(0)
+        self.sizes = list(sizes)
+
+    def randint(self, a, b):
+        return self.sizes.pop(0)
+
+
+def test_chunks_drop_a_short_tail():
+    assert chunk_spans(12, 3, 5, FixedRng([4, 5, 3])) == [(0, 4), (4, 9), (9, 12)]
+    assert chunk_spans(11, 3, 5, FixedRng([4, 5, 3])) == [(0, 4), (4, 9)]  # tail of 2 < min_chunk dropped
+
+
+def test_hint_layout_scales_offsets_and_keeps_the_tail_free():
+    cfg = InpaintingConfig(min_chunk=2, max_chunk=2, free_tail=4, max_spacing=100, reveal_last_chunk=True)
+    reference = list(range(100, 108))  # 8 tokens -> chunks (0,2) (2,4) (4,6) (6,8)
+    # gen_length 20: usable 16, factor clamp(16 / 8, 1, 1.5) = 1.5; eta = 1 reveals all
+    canvas = hint_canvas(reference, 20, 1.0, cfg, FixedRng([2] * 4))
+    assert canvas[:8] == reference and canvas[8:] == [-1] * 12  # contiguous chunks: no gaps to scale
+    cfg_hidden = InpaintingConfig(min_chunk=2, max_chunk=2, free_tail=4, reveal_last_chunk=False)
+    canvas = hint_canvas(reference, 20, 1.0, cfg_hidden, FixedRng([2] * 4))
+    assert 106 not in canvas and 107 not in canvas and canvas[:6] == reference[:6]  # last chunk hidden
+    rng = FixedRng([2] * 4)
+    rng.sample = lambda population, k: [1]
+    # int(4 * 0.25) = 1 chunk hidden, chunk 1: its 2 tokens become a gap of floor(2 * 1.5) = 3
+    canvas = hint_canvas(reference, 20, 0.75, cfg, rng)
+    assert canvas[:2] == [100, 101] and canvas[2:5] == [-1, -1, -1] and canvas[5:7] == [104, 105]
+    assert canvas[7:9] == [106, 107] and canvas[16:] == [-1] * 4
+
+
+def test_entropy_filter_keeps_the_top_fifth_of_hint_tokens():
+    hint = torch.tensor([[False, True, True, True, True, True, False, False, False, False, False, True]])
+    entropy = torch.tensor([[9.0, 0.1, 0.5, 0.3, 0.2, 0.4, 9.0, 9.0, 9.0, 9.0, 9.0, 0.05]])
+    keep = entropy_filtered_mask(hint, entropy, 0.2)  # 6 hint tokens: max(1, floor(1.2)) = 1 kept: position 2
+    assert keep.tolist() == [[1, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0]]
+
+
+def test_all_wrong_group_is_rescued_on_the_tiny_model():
+    import dllm
+    cfg = load_config(None, ["model.modality=dllm", "model.name_or_path=tiny", "rollout.max_new_tokens=16",
+                             "model.diffusion.block_length=8", "model.diffusion.steps=8", "rollout.group_size=4",
+                             "inpainting.enabled=true", "inpainting.min_chunk=2", "inpainting.max_chunk=3",
+                             "inpainting.free_tail=2", "rewards=[{name: format, params: {pattern: '.*'}}]"])
+    model, adapter = dllm.build(cfg, training=False)
+    examples = [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5",
+                 "solution": "<answer>5</answer>"},
+                {"prompt": [{"role": "user", "content": "What is 1 + 1?"}], "answer": "2", "solution": ""}]
+    batch = adapter.generate(model, examples, 4, cfg.rollout)
+    batch.rewards, batch.reward_names = torch.zeros(8, 1), ["format"]  # both groups all wrong
+    batch.example_index = torch.tensor([0] * 4 + [1] * 4)
+    before = batch.completion_ids.clone()
+    out, stats = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
+    # the second group has no reference reasoning: not rescued. The first: floor(0.5 * 4) = 2 rows replaced
+    assert stats == {"igpo/all_wrong_groups": 2, "igpo/rescued_groups": 1, "igpo/replaced_samples": 2}
+    assert out.rewards[:2, 0].tolist() == [1.0, 1.0] and out.rewards[2:, 0].tolist() == [0.0] * 6
+    assert torch.equal(out.completion_ids[2:], before[2:]) and out.group_ids.tolist() == batch.group_ids.tolist()
+    assert out.example_index.tolist() == [0] * 4 + [1] * 4
+    hints = out.extras["hint_mask"][:2]
+    assert hints.any() and not out.extras["hint_mask"][2:].any()
+    # hint tokens outside the top-entropy fifth leave the loss; other tokens stay
+    assert (out.extras["loss_mask"][:2][hints] == 0).any() and (out.extras["loss_mask"][:2][~hints] == 1).all()
