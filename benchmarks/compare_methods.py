@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_text  # noqa: E402
 
 from mmrl.core.metrics import first_last_fraction  # noqa: E402
+from tables import run_table  # noqa: E402
 
 
 def run(method: str, out: Path) -> dict:
@@ -36,16 +37,14 @@ def run(method: str, out: Path) -> dict:
 def main(argv):
     methods = argv or ["grpo"] + sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
     out = ROOT / "runs" / "compare_methods"
-    lines = ["| method | accuracy first 20% | accuracy last 20% | total reward first -> last | wall s |",
-             "|---|---|---|---|---|"]
-    for method in methods:
+
+    def row(method: str) -> str:
         r = run(method, out)
         (a0, a1), (t0, t1) = r["reward/accuracy_math/mean"], r["reward/mean"]
-        lines.append(f"| {method} | {a0:.3f} | {a1:.3f} | {t0:.3f} -> {t1:.3f} | {r['seconds']:.0f} |")
-        print(lines[-1], flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        return f"| {method} | {a0:.3f} | {a1:.3f} | {t0:.3f} -> {t1:.3f} | {r['seconds']:.0f} |"
+
+    run_table("| method | accuracy first 20% | accuracy last 20% | total reward first -> last | wall s |",
+              methods, row, out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import train_video  # noqa: E402
 import train_vlm  # noqa: E402
 
 from mmrl.core.metrics import first_last_fraction  # noqa: E402
+from tables import run_table  # noqa: E402
 
 C = ROOT / "configs"
 DEMOS = {  # name: (script, config files, accuracy key, the method's own statistics)
@@ -54,13 +55,8 @@ def run(name: str, out: Path) -> str:
 
 def main(argv):
     out = ROOT / "runs" / "vlm_demos"
-    lines = ["| demo | RL steps | first 20% -> last 20% | median step s | wall s |", "|---|---|---|---|---|"]
-    for name in argv or list(DEMOS):
-        lines.append(run(name, out))
-        print(lines[-1], flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run_table("| demo | RL steps | first 20% -> last 20% | median step s | wall s |", argv or list(DEMOS),
+              lambda name: run(name, out), out)
 
 
 if __name__ == "__main__":

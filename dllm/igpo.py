@@ -24,7 +24,7 @@ import torch
 
 from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.policy import unwrapped_for_generation
-from mmrl.rewards import score
+from mmrl.rewards import score_batch
 
 
 def chunk_spans(length: int, min_chunk: int, max_chunk: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -107,8 +107,8 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
         sizes.append(b - a)
     with unwrapped_for_generation(accelerator, model) as policy:
         redo = adapter.generate(policy, examples, sizes, cfg.rollout, fixed=torch.tensor(fixed))
-    rewards, _, _ = score(cfg.rewards, redo.completions_text, redo.examples, redo.completion_lengths.tolist())
-    redo.rewards, redo.reward_names = rewards, batch.reward_names
+    score_batch(cfg.rewards, redo)
+    rewards = redo.rewards
     redo_starts = group_starts(redo.group_ids).tolist()
     take_rows, put_rows = [], []
     for k, g in enumerate(wrong):

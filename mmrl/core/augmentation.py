@@ -30,7 +30,7 @@ from accelerate.utils import gather_object
 from mmrl.core.advantages import combine_rewards
 from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.policy import unwrapped_for_generation
-from mmrl.rewards import score
+from mmrl.rewards import score, score_batch
 
 THINK = re.compile(r"<think>(.*?)(</think>|$)", re.DOTALL)
 
@@ -165,8 +165,7 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
         stats[f"augment/original/{name}/mean"] = batch.rewards[:, j].mean().item()
     if not order:
         return batch, stats
-    rewards, _, errors = score(cfg.rewards, redo.completions_text, redo.examples, redo.completion_lengths.tolist())
-    redo.rewards, redo.reward_names = rewards, batch.reward_names
+    errors = score_batch(cfg.rewards, redo)
     redo.example_index = torch.tensor([index[g] for g in order]).repeat_interleave(torch.tensor(sizes))
     redo = redo.to(batch.group_ids.device)
     redo_starts = group_starts(redo.group_ids.cpu()).tolist() + [len(redo)]

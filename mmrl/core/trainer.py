@@ -38,7 +38,7 @@ from mmrl.core.rescoring import rescore_due, rescore_prompts
 from mmrl.core.sft import supervised_warmup
 from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
-from mmrl.rewards import REWARDS, score
+from mmrl.rewards import REWARDS, score_batch
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -184,14 +184,6 @@ def merge_across_ranks(accelerator, local: dict) -> dict:
 
 
 # ---------------------------------------------------------------- one step's pieces
-def score_rewards(cfg, batch: RolloutBatch) -> int:
-    """Rewards [N, K] of this rank's completions into the batch; returns the count of reward errors."""
-    rewards, names, errors = score(cfg.rewards, batch.completions_text, batch.examples,
-                                   batch.completion_lengths.tolist())
-    batch.rewards, batch.reward_names = rewards.to(batch.group_ids.device), names
-    return errors
-
-
 def informative_rows(cfg, batch: RolloutBatch) -> torch.Tensor:
     """[N] bool: rows of groups whose total rewards are not all equal."""
     _, _, _, spread = group_stats(combine_rewards(batch.rewards, [r.weight for r in cfg.rewards]), batch.group_ids)
@@ -215,7 +207,7 @@ def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: Algor
             batch = adapter.generate(policy, [examples[i] for i in mine], my_sizes, cfg.rollout)
         batch.example_index = torch.tensor(mine).repeat_interleave(torch.tensor(my_sizes))
         batch = batch.to(accelerator.device)
-        errors += score_rewards(cfg, batch)
+        errors += score_batch(cfg.rewards, batch)
         if not sampler.refill:
             return batch, {"reward_errors": errors}
         useful = informative_rows(cfg, batch)

@@ -30,6 +30,15 @@ def _call_safely(name, fn, completions, examples, lengths, params) -> tuple[list
     return values, errors
 
 
+def score_batch(reward_cfgs, batch) -> int:
+    """Rewards [N, K] of a rollout batch's completions (against its examples) into `batch.rewards` /
+    `batch.reward_names`; returns the count of reward errors."""
+    rewards, names, errors = score(reward_cfgs, batch.completions_text, batch.examples,
+                                   batch.completion_lengths.tolist())
+    batch.rewards, batch.reward_names = rewards.to(batch.group_ids.device), names
+    return errors
+
+
 def score(reward_cfgs, completions: list[str], examples: list[dict], completion_lengths: list[int]):
     """Rewards [N, K] (one column per configured function), their names, and the error count."""
     columns, names, errors = [], [], 0
