@@ -18,5 +18,5 @@ def build(cfg, training: bool = True):
                                      estimator_params=d.estimator_params, shift_logits=d.shift_logits,
                                      max_prompt_length=cfg.data.max_prompt_length,
                                      logprob_chunk_rows=cfg.trainer.logprob_chunk_rows,
-                                     sft_pad_to=cfg.rollout.max_new_tokens)
+                                     sft_pad_to=cfg.rollout.max_new_tokens, loss_scope=d.loss_scope)
     return model, adapter

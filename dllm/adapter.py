@@ -10,6 +10,15 @@ policies see identical masks. The G completions of a prompt share their seed (co
 numbers: tokens they have in common at the same positions are masked alike, so their terms cancel
 in the group-relative update rather than adding noise). Rows rolled out with fixed hint tokens (IGPO) carry
 `extras["hint_mask"]` [N, C].
+
+What is masked and what the loss counts: the sampler fills a canvas of `max_new_tokens` tokens, the
+answer followed by EOS padding. Every estimator draws its masks over the whole canvas: scoring with
+the padding visible would tell the model the answer's length, a context it never has while sampling.
+The loss counts the tokens up to and including the first EOS (`loss_scope: answer`, the default, d1's
+completion mask), or, for the ELBO estimators with `loss_scope: canvas`, the whole canvas
+(`extras["loss_mask"]`; LLaDA's SFT trains on the padding). On the tiny demo GDPO's sequence loss
+learned stably with `answer`; with `canvas` it rose and then collapsed at every learning rate tried
+(the entropy climbed and the completions grew longer).
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ class MaskedDiffusionAdapter(ChatPrompts):
     def __init__(self, tokenizer, mask_token_id: int, block_length: int = 32, steps: int | None = None,
                  estimator: str = "one_step", estimator_params: dict | None = None, shift_logits: bool = False,
                  max_prompt_length: int = 512, logprob_chunk_rows: int = 4, sft_eps: float = 1e-3,
-                 sft_pad_to: int | None = None):
+                 sft_pad_to: int | None = None, loss_scope: str = "canvas"):
         ESTIMATORS.check_params(estimator, estimator_params or {}, "model.diffusion.estimator_params",
                                 skip=("valid", "prompt_valid", "seed", "iteration"))
         self._setup_prompts(tokenizer, max_prompt_length)
@@ -39,6 +48,9 @@ class MaskedDiffusionAdapter(ChatPrompts):
         self.logprob_chunk_rows = logprob_chunk_rows
         self.sft_eps, self.sft_pad_to = sft_eps, sft_pad_to
         self.mask_iteration = 0
+        if loss_scope not in ("canvas", "answer"):
+            raise ValueError(f"model.diffusion.loss_scope={loss_scope!r}: use canvas or answer")
+        self.loss_scope = loss_scope
         if mask_token_id in self.eos_token_ids or mask_token_id == tokenizer.pad_token_id:
             raise ValueError(f"mask token id {mask_token_id} is also the EOS / pad token")
 
@@ -68,29 +80,40 @@ class MaskedDiffusionAdapter(ChatPrompts):
         texts = self.tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)
         hint_mask = (fixed >= 0).cpu() if fixed is not None else torch.zeros_like(completion, dtype=torch.bool)
+        extras = {"mask_seed": self._new_seeds(len(examples)).repeat_interleave(sizes),
+                  "hint_mask": hint_mask & (completion_mask == 1)}
         return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), completion_ids=completion,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)).repeat_interleave(sizes),
-                            extras={"mask_seed": self._new_seeds(len(examples)).repeat_interleave(sizes),
-                                    "hint_mask": hint_mask & (completion_mask == 1)},
+                            extras={**extras, **self._canvas_loss_mask(completion)},
                             examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
+
+    def _canvas_loss_mask(self, completion: torch.Tensor) -> dict:
+        """extras['loss_mask'] over the whole canvas for an ELBO estimator with loss_scope 'canvas'."""
+        elbo = getattr(ESTIMATORS.get(self.estimator), "weighted", True)
+        return {"loss_mask": torch.ones_like(completion)} if elbo and self.loss_scope == "canvas" else {}
 
     def check_rollout(self, rollout_cfg) -> None:
         block_schedule(rollout_cfg.max_new_tokens, self.block_length, self.steps or rollout_cfg.max_new_tokens // 2)
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
-        return self._teacher_forced(examples, completions, mask_seed=lambda ids: self._new_seeds(len(ids)),
-                                    hint_mask=lambda ids: torch.zeros_like(ids, dtype=torch.bool))
+        """Teacher-forced rows of given texts, padded with EOS as a sampled canvas is."""
+        batch = self._teacher_forced(examples, completions, mask_seed=lambda ids: self._new_seeds(len(ids)),
+                                     hint_mask=lambda ids: torch.zeros_like(ids, dtype=torch.bool))
+        batch.completion_ids = batch.completion_ids.masked_fill(batch.completion_mask == 0, self.eos_token_ids[0])
+        batch.extras.update(self._canvas_loss_mask(batch.completion_ids))
+        return batch
 
     # ------------------------------------------------------------------ scoring
     def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
-        """Per-token terms [N, C] of the configured estimator at this inner iteration's masks."""
+        """Per-token terms [N, C] of the configured estimator at this inner iteration's masks, over the
+        whole canvas."""
         seeds = batch.extras["mask_seed"].tolist()
         outs = []
         for lo in range(0, len(batch), max(1, self.logprob_chunk_rows)):
             hi = lo + max(1, self.logprob_chunk_rows)
             outs.append(estimate(model, batch.prompt_ids[lo:hi], batch.prompt_mask[lo:hi], batch.completion_ids[lo:hi],
-                                 batch.completion_mask[lo:hi], seeds[lo:hi], self.mask_iteration, self.estimator,
+                                 torch.ones_like(batch.completion_mask[lo:hi]), seeds[lo:hi], self.mask_iteration, self.estimator,
                                  self.estimator_params, self.mask_token_id, self.shift_logits, with_entropy))
         if with_entropy:
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])

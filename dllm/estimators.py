@@ -15,9 +15,9 @@ scored on identical masks within an iteration (and micro-batching does not chang
 - `elbo_sdmc` (GDPO, Rojas et al., arXiv 2510.08554, sec. 3): the time integral by Gauss-Legendre
   quadrature on [0, 1] with `nodes` nodes, and at each node `masks_per_node` masks of exactly
   max(1, floor(t_n L)) of the L completion tokens (uniformly chosen), weight w_n / t_n.
-Only completion tokens up to the first EOS (mask 1) are masked and scored by the ELBO estimators;
-positions after it keep their (EOS) tokens. Dream-style models, whose position i-1 predicts token
-i, need `shift_logits`.
+The ELBO estimators mask and score the completion positions marked valid (the adapter passes the
+whole canvas, EOS padding included); the prompt is never scored. Dream-style models, whose position
+i-1 predicts token i, need `shift_logits`.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from mmrl.core.batch import RolloutBatch, group_starts
+from mmrl.core.batch import RolloutBatch, group_starts, loss_mask
 from mmrl.core.policy import unwrapped_for_generation
 from mmrl.rewards import score_batch
 
@@ -82,7 +82,8 @@ def entropy_filtered_mask(hint_mask: torch.Tensor, entropy: torch.Tensor, fracti
 
 def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) -> tuple[RolloutBatch, dict]:
     """Rescue this rank's all-wrong groups; returns (batch, metrics). The batch gets
-    extras['loss_mask'] (the entropy filter on hint tokens) whenever inpainting is on."""
+    extras['loss_mask'] (the entropy filter on hint tokens, within the adapter's loss tokens)
+    whenever inpainting is on."""
     icfg = cfg.inpainting
     correct = batch.rewards[:, 0].cpu() >= icfg.correct_threshold
     starts = group_starts(batch.group_ids.cpu()).tolist()
@@ -91,7 +92,7 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
              and str(batch.examples[a].get("solution", "")).strip()]
     stats = {"igpo/all_wrong_groups": sum(1 for a, b in bounds if not correct[a:b].any()),
              "igpo/rescued_groups": 0, "igpo/replaced_samples": 0}
-    batch.extras["loss_mask"] = torch.ones_like(batch.completion_mask)
+    batch.extras.setdefault("loss_mask", batch.completion_mask.clone())
     if not wrong:
         return batch, stats
     gen_length = cfg.rollout.max_new_tokens
@@ -126,8 +127,8 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
     chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
     with torch.no_grad():
         _, entropy = adapter.log_probs(accelerator.unwrap_model(model), chosen.to(accelerator.device), with_entropy=True)
-    chosen.extras["loss_mask"] = entropy_filtered_mask(chosen.extras["hint_mask"].cpu(), entropy.cpu(),
-                                                       icfg.entropy_fraction)
+    chosen.extras["loss_mask"] = loss_mask(chosen).cpu() * entropy_filtered_mask(
+        chosen.extras["hint_mask"].cpu(), entropy.cpu(), icfg.entropy_fraction)
     batch = replace_rows(batch, torch.tensor(put_rows), chosen)
     return batch, stats
 

@@ -76,11 +76,28 @@ class DiffusionConfig:
     estimator: str = "one_step"  # one_step (d1) | elbo_mc | elbo_sdmc (GDPO)
     estimator_params: dict = field(default_factory=dict)  # one_step: p_mask_prompt; elbo_mc: passes, eps; elbo_sdmc: nodes, masks_per_node
     shift_logits: bool = False  # Dream-style models: position i-1 predicts token i
+    loss_scope: str = "answer"  # ELBO estimators (masks drawn over the whole canvas): the loss counts the 'answer' (up to the first EOS, as d1) or the whole 'canvas' (EOS padding too)
+
+
+@dataclass
+class ScheduleConfig:
+    """Masked image generators (model.modality: mdm, Co-GRPO): the sampler and its schedule policy
+    (dllm/image/schedule.py). `init` gives the schedule at the policy's initial mean; the defaults are
+    aMUSEd's cosine schedule, untempered sampling and re-mask temperature linspace(2, 0)."""
+    steps: int = 12  # sampler steps K per image
+    image_size: int | None = None  # pixels per side (None: the VQ model's sample_size)
+    guidance: bool = False  # classifier-free guidance (doubles every forward); its scale is then a schedule knob
+    init: dict = field(default_factory=lambda: {"gamma": 1.0, "sample_temperature": 1.0, "remask_temperature": 2.0,
+                                                "guidance_scale": 4.0})
+    init_std: float = 0.2  # initial std of each knob's Gaussian (in log space)
+    lr: float | None = None  # the schedule policy's learning rate (None: optim.lr)
+    alternate_every: int = 1  # Co-GRPO's alternation: train the tokens for this many steps, then the schedule, ...
+    train: str = "alternate"  # alternate | tokens | schedule: which policy the updates train
 
 
 @dataclass
 class ModelConfig:
-    modality: str = "text"  # text | vlm | video | dllm: which adapter loads the model
+    modality: str = "text"  # text | vlm | video | dllm | mdm: which adapter loads the model
     name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the weights are loaded in
     trust_remote_code: bool = False
@@ -91,6 +108,7 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 @dataclass
@@ -106,7 +124,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # 'synthetic', a jsonl path, or 'package:<name>' for a file shipped with mmrl
+    source: str = "synthetic"  # 'synthetic', a jsonl path, a .txt file (one prompt a line), or 'package:<name>' (shipped with mmrl)
     prompt_field: str = "question"
     answer_field: str = "answer"
     solution_field: str = "solution"  # reference completion for the SFT warm-up
@@ -229,6 +247,7 @@ class TrainerConfig:
     save_total_limit: int = 2
     save_hf_model: bool = True  # also write a from_pretrained-loadable model/ in each checkpoint
     logprob_chunk_rows: int = 4
+    prefix_sharing: bool = True  # score each group's prompt once (exact; text models with eager / sdpa attention)
     log_every: int = 1
 
 

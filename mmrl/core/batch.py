@@ -173,3 +173,12 @@ class RolloutBatch:
             extras={k: pad_extra([b.extras[k] for b in batches]) for k in first.extras},
             examples=[e for b in batches for e in b.examples],
             completions_text=[t for b in batches for t in b.completions_text])
+
+
+def loss_mask(batch: RolloutBatch) -> torch.Tensor:
+    """The tokens the loss counts: the completion mask, or extras['loss_mask'] where a method sets one
+    (a masked diffusion ELBO counts the whole generated canvas, EOS padding included; IGPO drops
+    low-entropy hint tokens)."""
+    if "loss_mask" in batch.extras:
+        return batch.extras["loss_mask"].to(batch.completion_mask)
+    return batch.completion_mask

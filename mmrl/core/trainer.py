@@ -30,7 +30,7 @@ from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
-from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
+from mmrl.core.batch import RolloutBatch, group_starts, loss_mask, pad_sequences
 from mmrl.core.logprobs import selective_log_softmax
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.policy import reference_policy, unwrapped_for_generation
@@ -318,14 +318,6 @@ def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: R
         batch.ref_logp = ref[0] if ref else None
 
 
-def loss_mask(batch: RolloutBatch) -> torch.Tensor:
-    """The tokens the loss counts: the completion mask, narrowed by extras['loss_mask'] where a method
-    sets one (IGPO drops low-entropy hint tokens)."""
-    if "loss_mask" in batch.extras:
-        return batch.completion_mask * batch.extras["loss_mask"].to(batch.completion_mask)
-    return batch.completion_mask
-
-
 def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch, weighting=None) -> dict:
     """`num_iterations` optimizer steps over the batch, each accumulating over micro-batches.
 
@@ -438,7 +430,9 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                       f"distributed={accelerator.distributed_type.value} resume={resume}")
 
     # SETUP: optimizer, warm-up, reference policy, prompt sampler, then the checkpoint (if resuming)
-    params = [p for p in model.parameters() if p.requires_grad]
+    # a model with parts that train at their own rate (Co-GRPO's schedule policy) gives its groups
+    params = model.optimizer_groups(cfg.optim.lr) if hasattr(model, "optimizer_groups") else \
+        [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                   betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2))
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.trainer.max_steps * cfg.algorithm.num_iterations)

@@ -1,5 +1,6 @@
 """Prompt datasets: jsonl files (the user's, or ones shipped in mmrl/data/files) and synthetic tasks.
 
+A `.txt` source holds one prompt a line, each read into `data.prompt_field`.
 Every loaded row is a dict with `prompt` (chat messages), `answer` and `solution` (both strings,
 possibly empty) plus the row's original fields.
 """
@@ -58,6 +59,9 @@ def load_examples(data_cfg) -> list[dict]:
     if data_cfg.source == "synthetic":
         s = data_cfg.synthetic
         rows = synthetic.generate(s.task, s.num_examples, s.max_operand, s.seed)
+    elif data_cfg.source.endswith(".txt"):  # one prompt a line (e.g. image generation prompts)
+        path = resolve_source(data_cfg.source)
+        rows = [{data_cfg.prompt_field: line.strip()} for line in path.read_text().splitlines() if line.strip()]
     else:
         rows = read_jsonl(resolve_source(data_cfg.source))
     if not rows:

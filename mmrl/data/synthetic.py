@@ -70,7 +70,39 @@ def colours(num_examples: int, max_operand: int, seed: int, image_size: int = 56
     return rows
 
 
-TASKS = {"addition": addition, "shapes": shapes, "colours": colours}
+IMAGE_COLOURS = ("red", "green", "blue", "yellow", "cyan", "magenta", "white", "black")  # dllm.image.models.PALETTE
+
+
+def image_colours(max_operand: int) -> list[str]:
+    """The first `max_operand` (2 to 8) colours of the image generation tasks."""
+    return list(IMAGE_COLOURS[:max(2, min(max_operand, 8))])
+
+
+def colour_layout(num_examples: int, max_operand: int, seed: int) -> list[dict]:
+    """Image generation prompts 'red left, blue right' / 'green top, yellow bottom': two different
+    colours of the first `max_operand` (at most 8) of the colour_layout reward's palette, split
+    left-right or top-bottom; scored on the generated image by that reward (dllm.image.rewards)."""
+    names = image_colours(max_operand)
+    rng = random.Random(seed)
+    rows = []
+    for i in range(num_examples):
+        first, second = rng.sample(names, 2)
+        near, far = rng.choice([("left", "right"), ("top", "bottom")])
+        rows.append({"id": f"layout-{i}", "question": f"{first} {near}, {second} {far}", "answer": "", "solution": ""})
+    return rows
+
+
+def colour_fill(num_examples: int, max_operand: int, seed: int) -> list[dict]:
+    """Image generation prompts 'a red image': one of the first `max_operand` (at most 8) palette
+    colours, scored on the whole generated image by the colour_layout reward."""
+    names = image_colours(max_operand)
+    rng = random.Random(seed)
+    return [{"id": f"fill-{i}", "question": f"a {rng.choice(names)} image", "answer": "", "solution": ""}
+            for i in range(num_examples)]
+
+
+TASKS = {"addition": addition, "shapes": shapes, "colours": colours, "colour_layout": colour_layout,
+         "colour_fill": colour_fill}
 
 
 def generate(task: str, num_examples: int, max_operand: int, seed: int, **options) -> list[dict]:

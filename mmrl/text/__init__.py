@@ -4,6 +4,7 @@ from mmrl.text.adapter import CausalLMAdapter  # noqa: F401
 def build(cfg, training: bool = True):
     """(model, adapter) for a causal LM run: the checkpoint (or tiny model) of `cfg.model`, with LoRA
     and gradient checkpointing applied when `training`."""
+    from mmrl.core.prefix import use_prefix_sharing
     from mmrl.models.loading import load_causal_lm, prepare_for_training
 
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.trainer.seed)
@@ -11,5 +12,6 @@ def build(cfg, training: bool = True):
         model = prepare_for_training(model, cfg.model)
     adapter = CausalLMAdapter(tokenizer, max_prompt_length=cfg.data.max_prompt_length,
                               logprob_chunk_rows=cfg.trainer.logprob_chunk_rows,
-                              temperature=cfg.rollout.temperature)
+                              temperature=cfg.rollout.temperature,
+                              prefix_sharing=use_prefix_sharing(cfg.trainer.prefix_sharing, model))
     return model, adapter

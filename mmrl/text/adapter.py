@@ -6,6 +6,7 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch
+from mmrl.core.prefix import first_kept, pack_groups, shares_prefixes, unpack_logits
 
 
 class ChatPrompts:
@@ -60,10 +61,11 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
     from the attention mask, exactly as `generate` computes them for left-padded rows."""
 
     def __init__(self, tokenizer, max_prompt_length: int = 512, logprob_chunk_rows: int = 4,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, prefix_sharing: bool = False):
         self._setup_prompts(tokenizer, max_prompt_length)
         self.logprob_chunk_rows = logprob_chunk_rows
         self.temperature = temperature
+        self.prefix_sharing = prefix_sharing
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -73,8 +75,11 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
         sizes, prompt_ids, prompt_mask = self._grouped_prompts(model, examples, group_size)
         was_training = model.training
         model.eval()
+        cache = self._shared_prompt_cache(model, prompt_ids, prompt_mask, sizes) \
+            if self.prefix_sharing and bool((sizes > 1).any()) else None
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **sampling_kwargs(rollout_cfg),
-                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True)
+                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True,
+                             past_key_values=cache)
         model.train(was_training)
         completion_ids, completion_mask, texts = sampled_completions(out, prompt_ids.shape[1], self.tokenizer,
                                                                      self.eos_token_ids)
@@ -87,9 +92,33 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
         return self._teacher_forced(examples, completions)
 
+    @staticmethod
+    def _shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sizes: torch.Tensor):
+        """The KV cache of every prompt but its last token, computed once per group and repeated for
+        the group's rows: `generate` then prefills only the last token of each row (the same cache
+        as a per-row prefill; positions from the left-padded mask, as `generate` derives them)."""
+        from transformers import DynamicCache
+
+        firsts = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]]).to(prompt_ids.device)
+        ids, mask = prompt_ids[firsts, :-1], prompt_mask[firsts, :-1]
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
+              past_key_values=cache, use_cache=True)
+        cache.batch_select_indices(torch.arange(len(sizes), device=prompt_ids.device).repeat_interleave(sizes.to(prompt_ids.device)))
+        return cache
+
     # ------------------------------------------------------------------ scoring
     def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """[N, C, V] logits predicting each completion token, at the sampling temperature."""
+        """[N, C, V] logits predicting each completion token, at the sampling temperature; with
+        `prefix_sharing`, each group's prompt is encoded once (mmrl.core.prefix: same logits)."""
+        if self.prefix_sharing and shares_prefixes(batch.group_ids):
+            packed = pack_groups(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                                 batch.group_ids, pad_id=self.tokenizer.pad_token_id)
+            offset = first_kept(packed)
+            logits = model(input_ids=packed.input_ids, attention_mask=packed.attention,
+                           position_ids=packed.position_ids, logits_to_keep=packed.input_ids.shape[1] - offset,
+                           use_cache=False).logits
+            return self.at_temperature(unpack_logits(logits, packed, offset))
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)

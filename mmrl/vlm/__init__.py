@@ -48,6 +48,7 @@ def vision_tower(model):
 def build(cfg, training: bool = True, adapter_cls=VLMAdapter, **adapter_kwargs):
     """(model, adapter) for a VLM run, with LoRA / gradient checkpointing / frozen tower when `training`;
     `adapter_cls(processor, ..., **adapter_kwargs)` (the video adapter passes its own)."""
+    from mmrl.core.prefix import use_prefix_sharing
     from mmrl.models.loading import prepare_for_training
 
     model, processor = load_vlm(cfg.model, seed=cfg.trainer.seed)
@@ -57,5 +58,6 @@ def build(cfg, training: bool = True, adapter_cls=VLMAdapter, **adapter_kwargs):
         model = prepare_for_training(model, cfg.model)
     adapter = adapter_cls(processor, min_pixels=cfg.model.vision.min_pixels, max_pixels=cfg.model.vision.max_pixels,
                           logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature,
-                          share_vision=cfg.model.vision.share_features, **adapter_kwargs)
+                          share_vision=cfg.model.vision.share_features,
+                          prefix_sharing=use_prefix_sharing(cfg.trainer.prefix_sharing, model), **adapter_kwargs)
     return model, adapter

@@ -13,11 +13,14 @@ processor's flat `pixel_values` [patches, D] / `image_grid_thw` [images, 3] (and
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch, group_starts
+from mmrl.core.prefix import first_kept, pack_groups, shares_prefixes, unpack_logits
 
 
 # Per kind of visual input: the processor's pixel and grid keys, and the per-row counts kept in extras.
@@ -100,7 +103,7 @@ class VLMAdapter(LogProbsFromLogits):
     """Prompts are left padded, completions right padded; log-probs at the sampling temperature."""
 
     def __init__(self, processor, min_pixels: int = 3136, max_pixels: int = 501_760, logprob_chunk_rows: int = 4,
-                 temperature: float = 1.0, share_vision: bool = True):
+                 temperature: float = 1.0, share_vision: bool = True, prefix_sharing: bool = False):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -109,6 +112,7 @@ class VLMAdapter(LogProbsFromLogits):
         self.logprob_chunk_rows = logprob_chunk_rows
         self.temperature = temperature
         self.share_vision = share_vision  # one vision-tower pass per group (generate and score), not per row
+        self.prefix_sharing = prefix_sharing  # scoring: one packed row per group (mmrl.core.prefix)
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
         ids = self.tokenizer.convert_tokens_to_ids
@@ -213,14 +217,49 @@ class VLMAdapter(LogProbsFromLogits):
 
     # ------------------------------------------------------------------ scoring
     def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """[N, C, V] logits predicting each completion token, at the sampling temperature."""
+        """[N, C, V] logits predicting each completion token, at the sampling temperature; with
+        `prefix_sharing`, each group's prompt (and its images / videos) goes through the model once."""
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         n_completion = batch.completion_ids.shape[1]
+        if self.prefix_sharing and shares_prefixes(batch.group_ids):
+            return self.at_temperature(self._shared_prefix_logits(model, batch, input_ids, attention_mask))
         inputs = self._model_inputs(model, input_ids, attention_mask, batch.extras, batch.group_ids,
                                     batch.prompt_ids.device, batch.prompt_ids.shape[1])
         logits = model(**inputs, logits_to_keep=n_completion + 1, use_cache=False).logits[:, :-1]
         return self.at_temperature(logits)
+
+    def _shared_prefix_logits(self, model, batch: RolloutBatch, input_ids, attention_mask) -> torch.Tensor:
+        """mmrl.core.prefix's packed forward with Qwen-VL's 3-D rope positions: the positions of every
+        plain row come from the model's own `get_rope_index`, and each packed row takes its prompt's
+        from the group's first row and each completion's from that completion's row."""
+        device, width = batch.prompt_ids.device, batch.prompt_ids.shape[1]
+        bare = model.module if hasattr(model, "module") else model
+        rope = next(m for m in bare.modules() if hasattr(m, "get_rope_index"))
+        vision = {k: v.to(device) for k, v in join_vision(batch.extras).items()}
+        types = self.mm_token_type_ids(input_ids, width).to(device)
+        accepted = inspect.signature(rope.get_rope_index).parameters
+        grids = {k: v for k, v in vision.items() if k in accepted}
+        positions, _ = rope.get_rope_index(input_ids.to(device), mm_token_type_ids=types,
+                                           attention_mask=attention_mask.to(device), **grids)
+        packed = pack_groups(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                             batch.group_ids, pad_id=self.tokenizer.pad_token_id)
+        rows, length = packed.input_ids.shape
+        packed_positions = positions.new_zeros(positions.shape[0], rows, length)
+        packed_types = types.new_zeros(rows, length)
+        for g, (columns, completions) in enumerate(packed.spans):
+            a, p = int(packed.prompt_rows[g]), len(columns)
+            packed_positions[:, g, :p] = positions[:, a, columns]
+            packed_types[g, :p] = types[a, columns]
+            for r, start in completions:
+                packed_positions[:, g, start:start + batch.completion_ids.shape[1]] = positions[:, r, width:]
+        prompt_vision = join_vision({k: v[packed.prompt_rows.to(v.device)] for k, v in batch.extras.items()})
+        offset = first_kept(packed)
+        logits = model(input_ids=packed.input_ids.to(device), attention_mask=packed.attention.to(device),
+                       position_ids=packed_positions, mm_token_type_ids=packed_types,
+                       **{k: v.to(device) for k, v in prompt_vision.items()},
+                       logits_to_keep=length - offset, use_cache=False).logits
+        return unpack_logits(logits, packed, offset)
 
     def save_pretrained(self, directory) -> None:
         self.processor.save_pretrained(directory)

@@ -136,3 +136,18 @@ def test_video_reggrpo_with_augmentation_on_two_processes(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["world_size"] for l in lines] == [2] * 4 and all(math.isfinite(l["grad_norm"]) for l in lines)
     assert sum(l["augment/hinted_groups"] + l["augment/noised_groups"] for l in lines) > 0
+
+
+@pytest.mark.slow
+def test_cogrpo_alternates_on_two_processes(tmp_path):
+    """Co-GRPO's token step and schedule step under DDP: both ranks' trajectories count, the schedule
+    policy (a separate small module inside the DDP wrapper) moves and is saved with the pipeline."""
+    cmd = [*TWO_PROCS, str(ROOT / "scripts" / "train_mdm.py"), "--config", str(ROOT / "configs" / "tiny_mdm_cogrpo.yaml"),
+           f"output_dir={tmp_path}", "trainer.max_steps=2", "trainer.prompts_per_step=4", "rollout.group_size=4",
+           "trainer.save_every=2", "model.schedule.steps=3"]
+    run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["world_size"] for l in lines] == [2, 2] and [l["cogrpo/trains_schedule"] for l in lines] == [0, 1]
+    saved = json.loads((tmp_path / "checkpoints" / "step_000002" / "model" / "schedule_policy.json").read_text())
+    assert saved["mean"] != pytest.approx([0.0, 0.0, math.log(2.0)], abs=1e-7)

@@ -141,3 +141,23 @@ def test_tiny_igpo_demo_rescues_groups(tmp_path):
                            "trainer.save_every=0"])
     assert sum(r["igpo/rescued_groups"] for r in log.history) > 0
     assert sum(r["igpo/replaced_samples"] for r in log.history) > 0
+
+
+@pytest.mark.parametrize("estimator,scope,canvas_loss", [("elbo_sdmc", "answer", False), ("elbo_sdmc", "canvas", True),
+                                                         ("one_step", "canvas", False)])
+def test_loss_scope_chooses_the_tokens_the_loss_counts(estimator, scope, canvas_loss):
+    """Masks are drawn over the whole canvas either way; the loss counts the answer up to its first EOS
+    (d1's mask), or for an ELBO estimator with loss_scope 'canvas' the EOS padding too."""
+    import dllm
+    from mmrl.config import load_config
+    from mmrl.core.batch import loss_mask
+
+    cfg = load_config(CONFIG, [f"model.diffusion.estimator={estimator}", "model.diffusion.estimator_params={}",
+                               f"model.diffusion.loss_scope={scope}"])
+    _, adapter = dllm.build(cfg, training=False)
+    batch = adapter.encode([{"prompt": "What is 2 + 3?"}] * 2, ["<answer>5</answer>", "<answer>2 + 3 = 5</answer>"])
+    assert (batch.completion_mask == 0).any()  # one answer shorter than the canvas
+    expected = torch.ones_like(batch.completion_mask) if canvas_loss else batch.completion_mask
+    assert torch.equal(loss_mask(batch), expected)
+    with pytest.raises(ValueError, match="model.diffusion.loss_scope"):
+        dllm.build(load_config(CONFIG, ["model.diffusion.loss_scope=tail"]), training=False)

@@ -67,7 +67,8 @@ def test_video_reaches_the_model_and_noise_changes_it(tok, clips):
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
 def test_batched_rows_equal_rows_alone_and_shared_encoding_gives_plain_gradients(tok, clips, family):
     """Videos of different lengths, one prompt also with an image: each row's log-probs in the batch
-    equal the row alone, and encoding each group's video once gives the same gradients."""
+    equal the row alone, and encoding each group's video once, or packing each group's prompt once
+    with its completions, gives the same gradients."""
     adapter, model = make_adapter(tok, family), build_tiny_vlm(tok, seed=0, family=family)
     exs = [example(clips["rb"]), example(clips["gy"], "Which?", image=Image.new("RGB", (56, 56), (0, 90, 200)))]
     out = adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=5))
@@ -80,6 +81,7 @@ def test_batched_rows_equal_rows_alone_and_shared_encoding_gives_plain_gradients
             n = int(out.completion_mask[row].sum())
             torch.testing.assert_close(together[row, :n], alone[0, :n], atol=1e-5, rtol=0)
     assert_shared_vision_gives_plain_gradients(adapter, model, out)
+    assert_shared_vision_gives_plain_gradients(adapter, model, out, switch="prefix_sharing")
 
 
 def test_image_adapter_refuses_videos_naming_the_modality(tok, clips):

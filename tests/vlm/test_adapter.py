@@ -161,16 +161,20 @@ def test_vision_encoded_once_per_group_gives_the_plain_gradients(tok, family):
     assert_shared_vision_gives_plain_gradients(adapter, model, out)
 
 
-def assert_shared_vision_gives_plain_gradients(adapter, model, out):
+def assert_shared_vision_gives_plain_gradients(adapter, model, out, switch: str = "share_vision"):
     """Log-probs and parameter gradients (vision tower included) of `out` are the same with the
-    vision tower run once per group as once per row."""
+    adapter's `switch` on as off: `share_vision` (the vision tower run once per group) or
+    `prefix_sharing` (each group's prompt packed once with its completions)."""
     grads = []
-    for share in (False, True):
-        adapter.share_vision = share
+    adapter.share_vision = adapter.prefix_sharing = False
+    for on in (False, True):
+        setattr(adapter, switch, on)
         model.zero_grad()
         logp = adapter.log_probs(model, out)
         (logp * out.completion_mask).sum().backward()
-        grads.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        grads.append((logp.detach() * out.completion_mask,
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    setattr(adapter, switch, False)
     (plain_logp, plain), (shared_logp, shared) = grads
     torch.testing.assert_close(shared_logp, plain_logp, atol=1e-5, rtol=0)
     assert plain.keys() == shared.keys() and any("visual" in n for n in plain)
@@ -190,3 +194,19 @@ def test_generation_with_images_encoded_once_per_group_samples_the_same(tok, fam
         outs.append(adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=8)))
     assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)
     assert outs[0].completions_text == outs[1].completions_text
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_shared_prefix_forward_gives_the_plain_gradients(tok, family):
+    """Each group's prompt (images included) packed once with its completions (mmrl.core.prefix, 3-D
+    rope positions from the model's get_rope_index): log-probs and parameter gradients (vision tower
+    included) equal the plain per-row forward's, with left-padded prompts of different lengths and
+    completions of different lengths."""
+    model = build_tiny_vlm(tok, seed=0, family=family)
+    adapter = VLMAdapter(build_processor(tok, family=family), min_pixels=32 * 32, max_pixels=96 * 96)
+    exs = [example([img(64, 64)]), example([img(96, 64, (0, 90, 200)), img(32, 32)], "Which?")]
+    torch.manual_seed(0)
+    out = adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=6))
+    out.completion_mask[1, 2:] = 0  # a short completion next to full-length ones
+    assert (out.prompt_mask == 0).any()
+    assert_shared_vision_gives_plain_gradients(adapter, model, out, switch="prefix_sharing")

@@ -1,0 +1,116 @@
+"""Shared-prefix group forward (the Prefix Grouper idea, arXiv 2506.05433): the G completions of a
+prompt are scored in one packed row, [prompt, completion_1, ..., completion_G], where the prompt is
+encoded once and every completion attends to it and, causally, to itself only. With each completion's
+positions continuing from the prompt's (as in its own row), every completion token sees exactly the
+keys, values and positions it sees in the plain per-sample forward, so the logits and the parameters'
+gradients are the plain path's (up to float summation order), while the prompt's tokens go through
+the model once per group instead of G times.
+
+Modality-agnostic: it packs token ids, builds the 4-D boolean attention mask and the position ids,
+and maps the packed logits back to the plain [N, C] layout. Models must accept a 4-D boolean
+`attention_mask` (True = attend) used as given, with explicit `position_ids` (transformers' eager
+and sdpa attention do; flash-attention kernels take no arbitrary masks).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from mmrl.core.batch import group_starts
+
+log = logging.getLogger(__name__)
+MASKABLE_ATTENTION = ("eager", "sdpa")
+
+
+@dataclass
+class PackedGroups:
+    """input_ids / position_ids [R, L] (R = groups), attention [R, 1, L, L] (bool), `row` [N]: each
+    completion's packed row, `source` [N, C]: the packed position whose logits predict completion
+    token j, `prompt_rows` [R]: the batch row each packed row took its prompt from, `prompt_len` [R]."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention: torch.Tensor
+    row: torch.Tensor
+    source: torch.Tensor
+    prompt_rows: torch.Tensor
+    prompt_len: torch.Tensor
+    spans: list  # per packed row: (prompt tokens' columns in the batch's prompt, [(batch row, packed start)])
+
+
+def pack_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                completion_mask: torch.Tensor, group_ids: torch.Tensor, pad_id: int = 0) -> PackedGroups:
+    """Pack each run of consecutive rows with the same group id (their prompts must be equal) into one
+    row: the prompt's real (unpadded) tokens, then every completion at its full width C."""
+    device = completion_ids.device
+    n, width = completion_ids.shape
+    starts = group_starts(group_ids.cpu()).tolist()
+    bounds = list(zip(starts, starts[1:] + [n]))
+    lengths, spans = [], []
+    for a, b in bounds:
+        columns = torch.nonzero(prompt_mask[a].bool()).flatten()
+        if not torch.equal(prompt_ids[a:b, columns], prompt_ids[a, columns].expand(b - a, -1)):
+            raise ValueError(f"rows {a}..{b - 1} share group id {int(group_ids[a])} but not their prompt")
+        p = len(columns)
+        spans.append((columns, [(r, p + i * width) for i, r in enumerate(range(a, b))]))
+        lengths.append(p + (b - a) * width)
+    rows, length = len(bounds), max(lengths)
+    input_ids = torch.full((rows, length), pad_id, dtype=completion_ids.dtype, device=device)
+    position_ids = torch.zeros(rows, length, dtype=torch.long, device=device)
+    key_ok = torch.zeros(rows, length, dtype=torch.bool, device=device)  # real tokens (not padding)
+    block = torch.full((rows, length), -1, dtype=torch.long, device=device)  # -1 prompt / padding, i completion i
+    row_of = torch.zeros(n, dtype=torch.long, device=device)
+    source = torch.zeros(n, width, dtype=torch.long, device=device)
+    prompt_len = torch.zeros(rows, dtype=torch.long, device=device)
+    steps = torch.arange(width, device=device)
+    for g, ((a, b), (columns, completions)) in enumerate(zip(bounds, spans)):
+        p = len(columns)
+        prompt_len[g] = p
+        input_ids[g, :p] = prompt_ids[a, columns]
+        position_ids[g, :p] = torch.arange(p, device=device)
+        key_ok[g, :p] = True
+        for i, (r, start) in enumerate(completions):
+            input_ids[g, start:start + width] = completion_ids[r]
+            position_ids[g, start:start + width] = p + steps
+            key_ok[g, start:start + width] = completion_mask[r].bool()
+            block[g, start:start + width] = i
+            row_of[r] = g
+            source[r] = torch.where(steps == 0, p - 1, start + steps - 1)
+    q = torch.arange(length, device=device)
+    causal = q[None, :, None] >= q[None, None, :]
+    is_prompt_key = (q[None, :] < prompt_len[:, None])[:, None, :]
+    same_block = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
+    attention = causal & key_ok[:, None, :] & (is_prompt_key | same_block)
+    attention |= torch.eye(length, dtype=torch.bool, device=device)[None]  # padding rows attend to themselves
+    return PackedGroups(input_ids=input_ids, position_ids=position_ids, attention=attention[:, None],
+                        row=row_of, source=source, prompt_rows=torch.tensor([a for a, _ in bounds], device=device),
+                        prompt_len=prompt_len, spans=spans)
+
+
+def first_kept(packed: PackedGroups) -> int:
+    """The first packed position whose logits are needed (for logits_to_keep)."""
+    return int(packed.prompt_len.min()) - 1
+
+
+def unpack_logits(logits: torch.Tensor, packed: PackedGroups, offset: int = 0) -> torch.Tensor:
+    """[N, C, V] logits predicting each completion token, from packed logits [R, L - offset, V] that
+    start at packed position `offset`."""
+    return logits[packed.row[:, None], packed.source - offset]
+
+
+def shares_prefixes(group_ids: torch.Tensor) -> bool:
+    """Whether any group has several rows (otherwise packing saves nothing)."""
+    return len(group_starts(group_ids.cpu())) < len(group_ids)
+
+
+def use_prefix_sharing(enabled: bool, model) -> bool:
+    """`enabled` where the model's attention takes a 4-D mask as given (eager, sdpa); off, with a
+    warning, for flash-attention kernels."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if enabled and implementation not in MASKABLE_ATTENTION:
+        log.warning("trainer.prefix_sharing: off, %s attention takes no 4-D masks (use sdpa to share prompts)",
+                    implementation)
+        return False
+    return enabled
