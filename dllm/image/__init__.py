@@ -43,6 +43,9 @@ def check(cfg) -> None:
     if cfg.sft.steps > 0:
         raise ValueError("sft.steps: a supervised warm-up needs teacher-forced completions, which masked image "
                          "trajectories do not have; set sft.steps: 0 for model.modality: mdm")
+    if cfg.eval.every > 0:
+        raise ValueError("eval.every: the benchmarks grade text answers; set eval.every: 0 for model.modality: mdm "
+                         "(the reward curve and samples_before_after.png show image quality)")
     if cfg.model.lora.enabled:
         raise ValueError("model.lora.enabled: LoRA is not wired for UVit2DModel here; train the full transformer")
 

@@ -283,20 +283,26 @@ def test_config_errors_name_the_field():
     cfg.model.schedule.train = "both"
     with pytest.raises(ValueError, match="model.schedule.train"):
         dllm.image.check(cfg)
+    cfg = load_config(CONFIG)
+    cfg.eval.every = 10
+    with pytest.raises(ValueError, match="eval.every"):
+        dllm.image.check(cfg)
     with pytest.raises(ValueError, match="model.schedule.init"):
         SchedulePolicy({"gamma": 1.0}, 0.2)
 
 
-MIN_RISE_80 = 0.08  # measured over these 80 steps (seed 0): see README, Masked image diffusion
+MIN_RISE_40 = 0.05  # these 40 steps (seed 0) measured 0.133 -> 0.227; the 200-step run: README
 
 
 @pytest.mark.slow
 def test_tiny_demo_raises_the_reward_and_moves_the_schedule(tmp_path):
-    log = train_mdm.main(["--config", CONFIG, f"output_dir={tmp_path}", "trainer.max_steps=80", "trainer.save_every=0",
+    """The shipped demo's first 40 steps: the colour reward rises between the first and last 20% of
+    the steps, and the schedule policy's sample temperature falls."""
+    log = train_mdm.main(["--config", CONFIG, f"output_dir={tmp_path}", "trainer.max_steps=40", "trainer.save_every=0",
                           "trainer.log_every=1000"])
     rewards = [r["reward/colour_layout/mean"] for r in log.history]
-    first, last = np.mean(rewards[:16]), np.mean(rewards[-16:])
-    assert last - first >= MIN_RISE_80, (first, last)
+    first, last = np.mean(rewards[:8]), np.mean(rewards[-8:])
+    assert last - first >= MIN_RISE_40, (first, last)
     start, end = log.history[0], log.history[-1]
     assert end["schedule/sample_temperature"] < start["schedule/sample_temperature"] - 0.05
     assert (tmp_path / "samples_before_after.png").exists()
