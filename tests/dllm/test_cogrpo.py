@@ -291,7 +291,7 @@ def test_config_errors_name_the_field():
         SchedulePolicy({"gamma": 1.0}, 0.2)
 
 
-MIN_RISE_40 = 0.05  # these 40 steps (seed 0) measured 0.133 -> 0.227; the 200-step run: README
+MIN_RISE_40 = 0.05  # these 40 steps (seed 0) measured 0.133 -> 0.211 (0.227 with OMP_NUM_THREADS=1); 200 steps: README
 
 
 @pytest.mark.slow
