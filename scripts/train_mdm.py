@@ -31,7 +31,7 @@ def main(argv=None):
         after = sample_grid(adapter, accelerator.unwrap_model(policy), shown, GRID_PER_PROMPT, seed=cfg.trainer.seed)
         path = Path(cfg.output_dir) / "samples_before_after.png"
         k = GRID_PER_PROMPT
-        save_grid({f"{when} | {adapter.prepare(e)}": images[i * k:(i + 1) * k]
+        save_grid({f"{when} {i + 1} | {adapter.prepare(e)}": images[i * k:(i + 1) * k]
                    for when, images in (("before", before), ("after", after)) for i, e in enumerate(shown)}, path)
         accelerator.print(f"samples before and after training: {path}")
     return log

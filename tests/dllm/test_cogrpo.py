@@ -305,7 +305,8 @@ def test_tiny_demo_raises_the_reward_and_moves_the_schedule(tmp_path):
     assert last - first >= MIN_RISE_40, (first, last)
     start, end = log.history[0], log.history[-1]
     assert end["schedule/sample_temperature"] < start["schedule/sample_temperature"] - 0.05
-    assert (tmp_path / "samples_before_after.png").exists()
+    grid = Image.open(tmp_path / "samples_before_after.png")
+    assert grid.size[1] == 2 * 4 * (32 * 4 + 2)  # before and after rows for each of the 4 prompts (two alike)
 
 
 def test_synthetic_image_prompts_use_the_reward_palette():
