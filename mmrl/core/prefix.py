@@ -9,7 +9,8 @@ the model once per group instead of G times.
 Modality-agnostic: it packs token ids, builds the 4-D boolean attention mask and the position ids,
 and maps the packed logits back to the plain [N, C] layout. Models must accept a 4-D boolean
 `attention_mask` (True = attend) used as given, with explicit `position_ids` (transformers' eager
-and sdpa attention do; flash-attention kernels take no arbitrary masks).
+and sdpa attention do; flash-attention kernels take no arbitrary masks). Adapters pack a micro-batch
+only when `packing_pays` (the packed row's dense attention can outweigh the saved prompt tokens).
 """
 from __future__ import annotations
 
@@ -103,6 +104,28 @@ def unpack_logits(logits: torch.Tensor, packed: PackedGroups, offset: int = 0) -
 def shares_prefixes(group_ids: torch.Tensor) -> bool:
     """Whether any group has several rows (otherwise packing saves nothing)."""
     return len(group_starts(group_ids.cpu())) < len(group_ids)
+
+
+def packing_pays(prompt_mask: torch.Tensor, completion_width: int, group_ids: torch.Tensor, hidden_size: int) -> bool:
+    """Whether the packed forward costs fewer FLOPs than the plain one. Per layer, a token costs about
+    24 d^2 (projections and MLP) and a (query, key) pair about 4 d (dense masked attention), so the
+    cost in token units is tokens + pairs / (6 d). Packing saves the G - 1 repeated prompts but puts
+    the G completions in one row, whose dense attention grows with (P + G C)^2: with long completions
+    and a short prompt it can cost more than G separate rows."""
+    lengths = prompt_mask.sum(-1).tolist()
+    starts = group_starts(group_ids.cpu()).tolist()
+    plain = packed = 0.0
+    for a, b in zip(starts, starts[1:] + [len(group_ids)]):
+        p, g = lengths[a], b - a
+        plain += g * ((p + completion_width) + (p + completion_width) ** 2 / (6 * hidden_size))
+        packed += (p + g * completion_width) + (p + g * completion_width) ** 2 / (6 * hidden_size)
+    return packed < plain
+
+
+def hidden_size_of(model) -> int:
+    """The (text) hidden size of a model, DDP-wrapped or not."""
+    config = getattr(model, "module", model).config
+    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
 
 
 def use_prefix_sharing(enabled: bool, model) -> bool:

@@ -20,7 +20,7 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch, group_starts
-from mmrl.core.prefix import first_kept, pack_groups, shares_prefixes, unpack_logits
+from mmrl.core.prefix import first_kept, hidden_size_of, pack_groups, packing_pays, shares_prefixes, unpack_logits
 
 
 # Per kind of visual input: the processor's pixel and grid keys, and the per-row counts kept in extras.
@@ -222,7 +222,8 @@ class VLMAdapter(LogProbsFromLogits):
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         n_completion = batch.completion_ids.shape[1]
-        if self.prefix_sharing and shares_prefixes(batch.group_ids):
+        if self.prefix_sharing and shares_prefixes(batch.group_ids) and packing_pays(
+                batch.prompt_mask, n_completion, batch.group_ids, hidden_size_of(model)):
             return self.at_temperature(self._shared_prefix_logits(model, batch, input_ids, attention_mask))
         inputs = self._model_inputs(model, input_ids, attention_mask, batch.extras, batch.group_ids,
                                     batch.prompt_ids.device, batch.prompt_ids.shape[1])

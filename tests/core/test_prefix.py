@@ -122,3 +122,23 @@ def test_shared_prompt_cache_samples_the_same_completions(tiny):
                                     pad_token_id=tok.pad_token_id)
         logits.append(torch.stack(out.logits))
     torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=0)
+
+
+def test_packing_only_where_it_costs_fewer_flops():
+    """Token units: tokens + (query, key) pairs / (6 d). d = 4096, G = 8, a 1024-token prompt:
+    256-token completions: plain 8 (1280 + 1280^2 / 24576) = 10773 > packed 3072 + 3072^2 / 24576 = 3456;
+    4096-token completions: plain 8 (5120 + 5120^2 / 24576) = 49493 < packed 33792 + 33792^2 / 24576 = 80256."""
+    from mmrl.core.prefix import packing_pays
+
+    mask, groups = torch.ones(8, 1024), torch.zeros(8, dtype=torch.long)
+    assert packing_pays(mask, 256, groups, 4096)
+    assert not packing_pays(mask, 4096, groups, 4096)
+    assert not packing_pays(mask[:1], 256, groups[:1], 4096)  # a group of one: nothing shared
+
+
+def test_the_gradient_tests_take_the_packed_path(tiny):
+    from mmrl.core.prefix import hidden_size_of, packing_pays
+
+    tok, model = tiny
+    batch = _batch(tok, True, True)
+    assert packing_pays(batch.prompt_mask, batch.completion_ids.shape[1], batch.group_ids, hidden_size_of(model))

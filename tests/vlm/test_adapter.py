@@ -165,6 +165,9 @@ def assert_shared_vision_gives_plain_gradients(adapter, model, out, switch: str 
     """Log-probs and parameter gradients (vision tower included) of `out` are the same with the
     adapter's `switch` on as off: `share_vision` (the vision tower run once per group) or
     `prefix_sharing` (each group's prompt packed once with its completions)."""
+    if switch == "prefix_sharing":  # the batch takes the packed path
+        from mmrl.core.prefix import hidden_size_of, packing_pays
+        assert packing_pays(out.prompt_mask, out.completion_ids.shape[1], out.group_ids, hidden_size_of(model))
     grads = []
     adapter.share_vision = adapter.prefix_sharing = False
     for on in (False, True):
