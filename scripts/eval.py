@@ -11,7 +11,7 @@ import importlib
 import json
 from pathlib import Path
 
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from mmrl.config import config_from_cli
 from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
@@ -48,3 +48,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # every rank exits cleanly (see mmrl.core.trainer.end_processes)

@@ -8,7 +8,7 @@ tiny random one): d1's one-step estimator, GDPO's ELBO estimators and sequence l
 import dllm
 from dllm.igpo import inpaint
 from mmrl.config import config_from_cli
-from mmrl.core.trainer import train
+from mmrl.core.trainer import end_processes, train
 from mmrl.data import load_examples
 
 
@@ -20,3 +20,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_processes()

@@ -13,7 +13,7 @@ from pathlib import Path
 import dllm.image
 from dllm.image.adapter import sample_grid, save_grid
 from mmrl.config import config_from_cli
-from mmrl.core.trainer import make_accelerator, train
+from mmrl.core.trainer import end_processes, make_accelerator, train
 from mmrl.data import load_examples
 
 GRID_PROMPTS, GRID_PER_PROMPT = 4, 4
@@ -39,3 +39,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_processes()

@@ -5,7 +5,7 @@
 """
 from mmrl import text
 from mmrl.config import config_from_cli
-from mmrl.core.trainer import train
+from mmrl.core.trainer import end_processes, train
 from mmrl.data import load_examples
 
 
@@ -17,3 +17,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_processes()

@@ -7,7 +7,7 @@ Reg-GRPO with difficulty-aware augmentation (DeepVideo-R1), TW-GRPO.
 """
 import video
 from mmrl.config import config_from_cli
-from mmrl.core.trainer import train
+from mmrl.core.trainer import end_processes, train
 from video.data import load_video_examples
 
 
@@ -21,3 +21,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_processes()

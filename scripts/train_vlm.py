@@ -6,7 +6,7 @@
 """
 from mmrl import vlm
 from mmrl.config import config_from_cli
-from mmrl.core.trainer import train
+from mmrl.core.trainer import end_processes, train
 from mmrl.vlm.data import load_image_examples
 
 
@@ -19,3 +19,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_processes()

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -42,6 +42,13 @@ from mmrl.rewards import REWARDS, score_batch
 
 
 # ---------------------------------------------------------------- setup helpers
+def end_processes() -> None:
+    """Tear down the process group at the end of a launched script, so every rank exits cleanly
+    (without it, gloo's threads can abort a rank at interpreter exit: 'terminate called without an
+    active exception'). A no-op in a single process."""
+    PartialState().destroy_process_group()
+
+
 def make_accelerator(cfg) -> Accelerator:
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1"))

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from mmrl.config import load_config
 from mmrl.core.batch import RolloutBatch
-from mmrl.core.trainer import build_scheduler, policy_update
+from mmrl.core.trainer import end_processes, build_scheduler, policy_update
 from mmrl.models.tiny import build_tiny_causal_lm, build_tokenizer
 from mmrl.text import CausalLMAdapter
 
@@ -56,3 +56,4 @@ def main(out_path: str, accumulation: int, aggregation: str):
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "token-mean")
+    end_processes()

@@ -50,3 +50,4 @@ def main(out_dir: str, method: str):
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    trainer.end_processes()

@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmrl import vlm  # noqa: E402
 from mmrl.config import load_config  # noqa: E402
-from mmrl.core.trainer import make_accelerator, train  # noqa: E402
+from mmrl.core.trainer import end_processes, make_accelerator, train  # noqa: E402
 from mmrl.vlm.data import load_image_examples  # noqa: E402
 
 
@@ -30,3 +30,4 @@ def main(out_dir: str):
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_processes()
