@@ -11,9 +11,10 @@ import importlib
 import json
 from pathlib import Path
 
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 
 from mmrl.config import config_from_cli
+from mmrl.core.trainer import end_processes
 from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
 
 # model.modality -> the package whose build(cfg, training) returns (model, adapter)
@@ -48,4 +49,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-    PartialState().destroy_process_group()  # every rank exits cleanly (see mmrl.core.trainer.end_processes)
+    end_processes()

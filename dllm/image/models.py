@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from dllm.image.schedule import schedule_from
+
 SCHEDULE_FILE = "schedule_policy.json"
 _FITTED_DECODERS: dict[tuple, dict] = {}
 
@@ -66,7 +68,6 @@ def build_tiny_amused(image_size: int = 32, hidden_size: int = 32, seed: int = 0
             fit_palette_decoder(vqvae, grid=image_size // 2, steps=palette_fit_steps)
             _FITTED_DECODERS[key] = {k: v.clone() for k, v in vqvae.state_dict().items()}
         vqvae.load_state_dict(_FITTED_DECODERS[key])
-        vqvae.requires_grad_(False)
     return AmusedPipeline(vqvae=vqvae, tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
                           scheduler=AmusedScheduler(mask_token_id=codebook))
 
@@ -90,7 +91,6 @@ def fit_palette_decoder(vqvae, grid: int, steps: int, batch: int = 16) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    vqvae.requires_grad_(False)
     return float(loss.detach())
 
 
@@ -166,8 +166,6 @@ class CoGRPOPolicy(torch.nn.Module):
 
     def forward(self, states: torch.Tensor, commit_step: torch.Tensor, tokens: torch.Tensor, z: torch.Tensor,
                 text: dict, with_entropy: bool = False):
-        from dllm.image.schedule import schedule_from
-
         n, steps, length = states.shape
         side = int(round(length ** 0.5))
         plan = schedule_from(z, self.schedule.knobs, steps, length)

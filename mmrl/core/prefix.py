@@ -27,18 +27,34 @@ MASKABLE_ATTENTION = ("eager", "sdpa")
 
 @dataclass
 class PackedGroups:
-    """input_ids / position_ids [R, L] (R = groups), attention [R, 1, L, L] (bool), `row` [N]: each
-    completion's packed row, `source` [N, C]: the packed position whose logits predict completion
-    token j, `prompt_rows` [R]: the batch row each packed row took its prompt from, `prompt_len` [R]."""
+    """The packed layout: `spans` per packed row (the prompt's real columns in the batch's prompt
+    block, [(batch row, packed start) of each completion]), `prompt_rows` [R]: the batch row each
+    packed row took its prompt from, `prompt_len` [R], `length` L, `row` [N]: each completion's packed
+    row, `source` [N, C]: the packed position whose logits predict completion token j. Then the
+    packed tensors: input_ids / position_ids [R, L], attention [R, 1, L, L] (bool)."""
 
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention: torch.Tensor
-    row: torch.Tensor
-    source: torch.Tensor
+    spans: list
     prompt_rows: torch.Tensor
     prompt_len: torch.Tensor
-    spans: list  # per packed row: (prompt tokens' columns in the batch's prompt, [(batch row, packed start)])
+    length: int
+    row: torch.Tensor
+    source: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+
+    def pack(self, values: torch.Tensor, fill=0) -> torch.Tensor:
+        """[..., R, L] from per-row values [..., N, W + C] laid out as the batch's rows (W prompt
+        columns, then C completion columns): each packed row takes its prompt's real columns from
+        the group's first row and each completion from that completion's row; `fill` elsewhere."""
+        width = self.source.shape[1]
+        prompt_width = values.shape[-1] - width
+        out = values.new_full((*values.shape[:-2], len(self.spans), self.length), fill)
+        for g, (columns, completions) in enumerate(self.spans):
+            out[..., g, :len(columns)] = values[..., int(self.prompt_rows[g]), columns]
+            for r, start in completions:
+                out[..., g, start:start + width] = values[..., r, prompt_width:]
+        return out
 
 
 def pack_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
@@ -49,45 +65,39 @@ def pack_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_
     n, width = completion_ids.shape
     starts = group_starts(group_ids.cpu()).tolist()
     bounds = list(zip(starts, starts[1:] + [n]))
-    lengths, spans = [], []
-    for a, b in bounds:
+    spans, lengths = [], []
+    row_of = torch.zeros(n, dtype=torch.long, device=device)
+    in_group = torch.zeros(n, dtype=torch.long, device=device)  # i for the group's i-th completion
+    source = torch.zeros(n, width, dtype=torch.long, device=device)
+    steps = torch.arange(width, device=device)
+    for g, (a, b) in enumerate(bounds):
         columns = torch.nonzero(prompt_mask[a].bool()).flatten()
         if not torch.equal(prompt_ids[a:b, columns], prompt_ids[a, columns].expand(b - a, -1)):
             raise ValueError(f"rows {a}..{b - 1} share group id {int(group_ids[a])} but not their prompt")
         p = len(columns)
         spans.append((columns, [(r, p + i * width) for i, r in enumerate(range(a, b))]))
         lengths.append(p + (b - a) * width)
-    rows, length = len(bounds), max(lengths)
-    input_ids = torch.full((rows, length), pad_id, dtype=completion_ids.dtype, device=device)
-    position_ids = torch.zeros(rows, length, dtype=torch.long, device=device)
-    key_ok = torch.zeros(rows, length, dtype=torch.bool, device=device)  # real tokens (not padding)
-    block = torch.full((rows, length), -1, dtype=torch.long, device=device)  # -1 prompt / padding, i completion i
-    row_of = torch.zeros(n, dtype=torch.long, device=device)
-    source = torch.zeros(n, width, dtype=torch.long, device=device)
-    prompt_len = torch.zeros(rows, dtype=torch.long, device=device)
-    steps = torch.arange(width, device=device)
-    for g, ((a, b), (columns, completions)) in enumerate(zip(bounds, spans)):
-        p = len(columns)
-        prompt_len[g] = p
-        input_ids[g, :p] = prompt_ids[a, columns]
-        position_ids[g, :p] = torch.arange(p, device=device)
-        key_ok[g, :p] = True
-        for i, (r, start) in enumerate(completions):
-            input_ids[g, start:start + width] = completion_ids[r]
-            position_ids[g, start:start + width] = p + steps
-            key_ok[g, start:start + width] = completion_mask[r].bool()
-            block[g, start:start + width] = i
-            row_of[r] = g
+        for i, (r, start) in enumerate(spans[-1][1]):
+            row_of[r], in_group[r] = g, i
             source[r] = torch.where(steps == 0, p - 1, start + steps - 1)
-    q = torch.arange(length, device=device)
+    packed = PackedGroups(spans=spans, prompt_rows=torch.tensor([a for a, _ in bounds], device=device),
+                          prompt_len=torch.tensor([len(c) for c, _ in spans], device=device), length=max(lengths),
+                          row=row_of, source=source)
+    prompt_count = prompt_mask.sum(-1, keepdim=True)
+    packed.input_ids = packed.pack(torch.cat([prompt_ids, completion_ids], dim=1), pad_id)
+    # each completion continues from its prompt: positions 0..P-1, then P + j
+    packed.position_ids = packed.pack(torch.cat([prompt_mask.cumsum(-1) - 1, prompt_count + steps], dim=1).long())
+    key_ok = packed.pack(torch.cat([prompt_mask, completion_mask], dim=1).bool(), False)  # real tokens
+    # -1 on prompts and padding, i on the i-th completion: a completion attends within its own block
+    block = packed.pack(torch.cat([torch.full_like(prompt_ids, -1), in_group[:, None].expand(n, width)], dim=1), -1)
+    q = torch.arange(packed.length, device=device)
     causal = q[None, :, None] >= q[None, None, :]
-    is_prompt_key = (q[None, :] < prompt_len[:, None])[:, None, :]
+    is_prompt_key = (q[None, :] < packed.prompt_len[:, None])[:, None, :]
     same_block = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
     attention = causal & key_ok[:, None, :] & (is_prompt_key | same_block)
-    attention |= torch.eye(length, dtype=torch.bool, device=device)[None]  # padding rows attend to themselves
-    return PackedGroups(input_ids=input_ids, position_ids=position_ids, attention=attention[:, None],
-                        row=row_of, source=source, prompt_rows=torch.tensor([a for a, _ in bounds], device=device),
-                        prompt_len=prompt_len, spans=spans)
+    attention |= torch.eye(packed.length, dtype=torch.bool, device=device)[None]  # padding rows attend to themselves
+    packed.attention = attention[:, None]
+    return packed
 
 
 def first_kept(packed: PackedGroups) -> int:
@@ -120,6 +130,12 @@ def packing_pays(prompt_mask: torch.Tensor, completion_width: int, group_ids: to
         plain += g * ((p + completion_width) + (p + completion_width) ** 2 / (6 * hidden_size))
         packed += (p + g * completion_width) + (p + g * completion_width) ** 2 / (6 * hidden_size)
     return packed < plain
+
+
+def worth_packing(batch, model) -> bool:
+    """`packing_pays` for a RolloutBatch at the model's hidden size (False when no group has two rows:
+    packing then costs exactly the plain forward)."""
+    return packing_pays(batch.prompt_mask, batch.completion_ids.shape[1], batch.group_ids, hidden_size_of(model))
 
 
 def hidden_size_of(model) -> int:

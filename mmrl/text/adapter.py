@@ -6,7 +6,7 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch
-from mmrl.core.prefix import first_kept, hidden_size_of, pack_groups, packing_pays, shares_prefixes, unpack_logits
+from mmrl.core.prefix import first_kept, pack_groups, unpack_logits, worth_packing
 
 
 class ChatPrompts:
@@ -111,13 +111,12 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
     def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:
         """[N, C, V] logits predicting each completion token, at the sampling temperature; with
         `prefix_sharing`, each group's prompt is encoded once (mmrl.core.prefix: same logits)."""
-        if self.prefix_sharing and shares_prefixes(batch.group_ids) and packing_pays(
-                batch.prompt_mask, batch.completion_ids.shape[1], batch.group_ids, hidden_size_of(model)):
+        if self.prefix_sharing and worth_packing(batch, model):
             packed = pack_groups(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                                  batch.group_ids, pad_id=self.tokenizer.pad_token_id)
             offset = first_kept(packed)
             logits = model(input_ids=packed.input_ids, attention_mask=packed.attention,
-                           position_ids=packed.position_ids, logits_to_keep=packed.input_ids.shape[1] - offset,
+                           position_ids=packed.position_ids, logits_to_keep=packed.length - offset,
                            use_cache=False).logits
             return self.at_temperature(unpack_logits(logits, packed, offset))
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)

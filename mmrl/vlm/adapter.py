@@ -20,7 +20,7 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch, group_starts
-from mmrl.core.prefix import first_kept, hidden_size_of, pack_groups, packing_pays, shares_prefixes, unpack_logits
+from mmrl.core.prefix import first_kept, pack_groups, shares_prefixes, unpack_logits, worth_packing
 
 
 # Per kind of visual input: the processor's pixel and grid keys, and the per-row counts kept in extras.
@@ -179,7 +179,7 @@ class VLMAdapter(LogProbsFromLogits):
         inputs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                       mm_token_type_ids=self.mm_token_type_ids(input_ids, prompt_length).to(device), **vision)
         pixel_keys = [kind[0] for kind in VISION_KINDS.values() if kind[0] in inputs]
-        if self.share_vision and pixel_keys and len(group_starts(group_ids.cpu())) < len(group_ids):
+        if self.share_vision and pixel_keys and shares_prefixes(group_ids):
             for key in pixel_keys:
                 inputs.pop(key)
             bare = model.module if hasattr(model, "module") else model  # DDP: the wrapped model's methods
@@ -222,8 +222,7 @@ class VLMAdapter(LogProbsFromLogits):
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         n_completion = batch.completion_ids.shape[1]
-        if self.prefix_sharing and shares_prefixes(batch.group_ids) and packing_pays(
-                batch.prompt_mask, n_completion, batch.group_ids, hidden_size_of(model)):
+        if self.prefix_sharing and worth_packing(batch, model):
             return self.at_temperature(self._shared_prefix_logits(model, batch, input_ids, attention_mask))
         inputs = self._model_inputs(model, input_ids, attention_mask, batch.extras, batch.group_ids,
                                     batch.prompt_ids.device, batch.prompt_ids.shape[1])
@@ -237,29 +236,19 @@ class VLMAdapter(LogProbsFromLogits):
         device, width = batch.prompt_ids.device, batch.prompt_ids.shape[1]
         bare = model.module if hasattr(model, "module") else model
         rope = next(m for m in bare.modules() if hasattr(m, "get_rope_index"))
-        vision = {k: v.to(device) for k, v in join_vision(batch.extras).items()}
         types = self.mm_token_type_ids(input_ids, width).to(device)
-        accepted = inspect.signature(rope.get_rope_index).parameters
-        grids = {k: v for k, v in vision.items() if k in accepted}
+        accepted = inspect.signature(rope.get_rope_index).parameters  # grids (+ Qwen2.5-VL's seconds), not pixels
+        grids = {k: v.to(device) for k, v in join_vision(batch.extras).items() if k in accepted}
         positions, _ = rope.get_rope_index(input_ids.to(device), mm_token_type_ids=types,
                                            attention_mask=attention_mask.to(device), **grids)
         packed = pack_groups(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                              batch.group_ids, pad_id=self.tokenizer.pad_token_id)
-        rows, length = packed.input_ids.shape
-        packed_positions = positions.new_zeros(positions.shape[0], rows, length)
-        packed_types = types.new_zeros(rows, length)
-        for g, (columns, completions) in enumerate(packed.spans):
-            a, p = int(packed.prompt_rows[g]), len(columns)
-            packed_positions[:, g, :p] = positions[:, a, columns]
-            packed_types[g, :p] = types[a, columns]
-            for r, start in completions:
-                packed_positions[:, g, start:start + batch.completion_ids.shape[1]] = positions[:, r, width:]
         prompt_vision = join_vision({k: v[packed.prompt_rows.to(v.device)] for k, v in batch.extras.items()})
         offset = first_kept(packed)
         logits = model(input_ids=packed.input_ids.to(device), attention_mask=packed.attention.to(device),
-                       position_ids=packed_positions, mm_token_type_ids=packed_types,
+                       position_ids=packed.pack(positions), mm_token_type_ids=packed.pack(types),
                        **{k: v.to(device) for k, v in prompt_vision.items()},
-                       logits_to_keep=length - offset, use_cache=False).logits
+                       logits_to_keep=packed.length - offset, use_cache=False).logits
         return unpack_logits(logits, packed, offset)
 
     def save_pretrained(self, directory) -> None:
