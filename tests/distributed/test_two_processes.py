@@ -19,13 +19,28 @@ def _env():
     return {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
 
 
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def _launch_two(args: list[str]) -> None:
+    """Run `accelerate launch` on two CPU processes. One retry when a rank aborted inside gloo's C++
+    threads (no Python error; seen twice in 4 fresh-clone CI runs, on the suite's first launch, and
+    never when run alone); any other failure, or a second abort, fails the test with the output."""
+    for attempt in range(2):
+        run = subprocess.run([*TWO_PROCS, *args], env=_env(), cwd=ROOT, capture_output=True, text=True)
+        if run.returncode == 0:
+            return
+        if attempt or GLOO_ABORT not in run.stderr:
+            raise AssertionError(f"two-process launch failed (rc {run.returncode}):\n{run.stderr[-3000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
 def test_two_process_update_equals_one_process_update(tmp_path, aggregation):
     script = str(ROOT / "tests" / "distributed" / "ddp_update.py")
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, str(one), "2", aggregation], check=True, env=_env(), cwd=ROOT)
-    subprocess.run([*TWO_PROCS, script, str(two), "1", aggregation], check=True, env=_env(), cwd=ROOT)
+    _launch_two([script, str(two), "1", aggregation])
     a, b = torch.load(one), torch.load(two)
     assert a["world_size"] == 1 and b["world_size"] == 2
     assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
