@@ -37,6 +37,8 @@ def check_sampling(sampling: VideoConfig) -> None:
         raise ValueError(f"model.video.min_frames={sampling.min_frames} exceeds max_frames={sampling.max_frames}")
     if sampling.min_pixels > sampling.max_pixels:
         raise ValueError(f"model.video.min_pixels={sampling.min_pixels} exceeds max_pixels={sampling.max_pixels}")
+    if (sampling.resized_height is None) != (sampling.resized_width is None):
+        raise ValueError("model.video: set both resized_height and resized_width (a fixed frame size), or neither")
 
 
 @dataclass
@@ -71,13 +73,19 @@ def frame_indices(total_frames: int, video_fps: float, sampling: VideoConfig) ->
 
 
 def frame_size(height: int, width: int, num_frames: int, sampling: VideoConfig, factor: int) -> tuple[int, int]:
-    """(height, width) each frame is resized to: qwen_vl_utils.fetch_video's rule, where the per-frame
-    cap is min(max_pixels, total_pixels / frames * 2) (two frames share a temporal patch)."""
-    from qwen_vl_utils.vision_process import FRAME_FACTOR, smart_resize
+    """(height, width) each frame is resized to, by qwen_vl_utils.fetch_video's rule (0.0.14):
+        cap = min(max_pixels, max(min(768 f^2, total_pixels / frames * 2), 1.05 min_pixels))
+    with f = `factor` (768 tokens per frame at most; two frames share a temporal patch), then
+    smart_resize within [min_pixels, cap]: `max_pixels` is a hard cap applied after the 1.05 x
+    min_pixels floor. `resized_height` / `resized_width` give a fixed size instead (rounded to f)."""
+    from qwen_vl_utils.vision_process import FRAME_FACTOR, VIDEO_MAX_TOKEN_NUM, smart_resize
 
-    cap = max(min(sampling.max_pixels, sampling.total_pixels / num_frames * FRAME_FACTOR),
-              int(sampling.min_pixels * 1.05))
-    return smart_resize(height, width, factor=factor, min_pixels=sampling.min_pixels, max_pixels=cap)
+    if sampling.resized_height is not None and sampling.resized_width is not None:
+        return smart_resize(sampling.resized_height, sampling.resized_width, factor=factor)
+    ceiling = max(min(VIDEO_MAX_TOKEN_NUM * factor * factor, sampling.total_pixels / num_frames * FRAME_FACTOR),
+                  int(sampling.min_pixels * 1.05))
+    return smart_resize(height, width, factor=factor, min_pixels=sampling.min_pixels,
+                        max_pixels=min(sampling.max_pixels, ceiling))
 
 
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:

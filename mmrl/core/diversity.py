@@ -10,22 +10,23 @@ def ngrams(seq: list[int], n: int) -> Counter:
 
 
 def sentence_bleu(hypothesis: list[int], references: list[list[int]], max_n: int = 3, epsilon: float = 0.1) -> float:
-    """BLEU of one hypothesis against several references (Papineni et al. 2002): clipped n-gram
-    precisions for n = 1..max_n with uniform weights, brevity penalty against the closest reference
-    length (the shorter on a tie), and nltk's smoothing method1 (a zero count becomes epsilon)."""
+    """BLEU of one hypothesis against several references (Papineni et al. 2002), as nltk 3.10's
+    sentence_bleu with uniform weights and SmoothingFunction().method1: clipped n-gram precisions for
+    n = 1..max_n, each count / max(1, hypothesis n-grams), a zero count becoming epsilon (so a
+    hypothesis shorter than n scores epsilon / 1 there); 0 when no unigram matches (nltk returns
+    before smoothing); brevity penalty against the closest reference length (the shorter on a tie)."""
     if not hypothesis or not references:
         return 0.0
     log_precision = 0.0
     for n in range(1, max_n + 1):
         hyp = ngrams(hypothesis, n)
-        total = sum(hyp.values())
-        if total == 0:
-            return 0.0  # hypothesis shorter than n: nltk returns 0 as well
         max_ref = Counter()
         for ref in references:
             max_ref |= ngrams(ref, n)
         clipped = sum(min(c, max_ref[g]) for g, c in hyp.items())
-        log_precision += math.log((clipped if clipped > 0 else epsilon) / total) / max_n
+        if n == 1 and clipped == 0:
+            return 0.0
+        log_precision += math.log((clipped if clipped > 0 else epsilon) / max(1, sum(hyp.values()))) / max_n
     c = len(hypothesis)
     r = min((abs(len(ref) - c), len(ref)) for ref in references)[1]
     brevity = 1.0 if c > r else math.exp(1 - r / c)

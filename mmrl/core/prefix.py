@@ -6,11 +6,16 @@ keys, values and positions it sees in the plain per-sample forward, so the logit
 gradients are the plain path's (up to float summation order), while the prompt's tokens go through
 the model once per group instead of G times.
 
-Modality-agnostic: it packs token ids, builds the 4-D boolean attention mask and the position ids,
-and maps the packed logits back to the plain [N, C] layout. Models must accept a 4-D boolean
-`attention_mask` (True = attend) used as given, with explicit `position_ids` (transformers' eager
-and sdpa attention do; flash-attention kernels take no arbitrary masks). Adapters pack a micro-batch
-only when `packing_pays` (the packed row's dense attention can outweigh the saved prompt tokens).
+Modality-agnostic: it packs token ids, builds the 4-D attention masks and the position ids, and
+maps the packed logits back to the plain [N, C] layout. The model gets its masks in the form its
+attention adds them (`model_attention_mask`): boolean for sdpa, an additive float mask (0 / the
+dtype's minimum) for eager attention, which adds the mask to its scores, and one mask per layer type
+(a {layer type: mask} mapping, as transformers' Qwen2 / Mistral / Gemma-style models accept) where
+sliding-window layers see only the last `sliding_window` tokens of their own sequence, counted in the
+positions each token has in its plain row. Flash-attention kernels take no arbitrary masks, and
+chunked or other layer types are not reproduced: `packing_blocker` names why packing is off. Adapters
+pack a micro-batch only when `packing_pays` (the packed row's dense attention can outweigh the saved
+prompt tokens) and every prompt has at least one token.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from mmrl.core.batch import group_starts
 
 log = logging.getLogger(__name__)
 MASKABLE_ATTENTION = ("eager", "sdpa")
+PACKABLE_LAYERS = ("full_attention", "sliding_attention")
 
 
 @dataclass
@@ -31,7 +37,9 @@ class PackedGroups:
     block, [(batch row, packed start) of each completion]), `prompt_rows` [R]: the batch row each
     packed row took its prompt from, `prompt_len` [R], `length` L, `row` [N]: each completion's packed
     row, `source` [N, C]: the packed position whose logits predict completion token j. Then the
-    packed tensors: input_ids / position_ids [R, L], attention [R, 1, L, L] (bool)."""
+    packed tensors: input_ids [R, L]; token_index [R, L], each token's index in its own plain row
+    without padding (a text model's position ids; sliding windows are measured in it); attention
+    [R, 1, L, L] (bool, True = attend: the packed structure, before any layer's window)."""
 
     spans: list
     prompt_rows: torch.Tensor
@@ -40,8 +48,13 @@ class PackedGroups:
     row: torch.Tensor
     source: torch.Tensor
     input_ids: torch.Tensor | None = None
-    position_ids: torch.Tensor | None = None
+    token_index: torch.Tensor | None = None
     attention: torch.Tensor | None = None
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """1-D rope positions of a text model: the token's index in its plain row."""
+        return self.token_index
 
     def pack(self, values: torch.Tensor, fill=0) -> torch.Tensor:
         """[..., R, L] from per-row values [..., N, W + C] laid out as the batch's rows (W prompt
@@ -75,6 +88,9 @@ def pack_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_
         if not torch.equal(prompt_ids[a:b, columns], prompt_ids[a, columns].expand(b - a, -1)):
             raise ValueError(f"rows {a}..{b - 1} share group id {int(group_ids[a])} but not their prompt")
         p = len(columns)
+        if p == 0:  # the first completion token would be predicted from another row's last position
+            raise ValueError(f"rows {a}..{b - 1} have an empty prompt: nothing to predict their first token from; "
+                             "score them unpacked")
         spans.append((columns, [(r, p + i * width) for i, r in enumerate(range(a, b))]))
         lengths.append(p + (b - a) * width)
         for i, (r, start) in enumerate(spans[-1][1]):
@@ -86,7 +102,7 @@ def pack_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_
     prompt_count = prompt_mask.sum(-1, keepdim=True)
     packed.input_ids = packed.pack(torch.cat([prompt_ids, completion_ids], dim=1), pad_id)
     # each completion continues from its prompt: positions 0..P-1, then P + j
-    packed.position_ids = packed.pack(torch.cat([prompt_mask.cumsum(-1) - 1, prompt_count + steps], dim=1).long())
+    packed.token_index = packed.pack(torch.cat([prompt_mask.cumsum(-1) - 1, prompt_count + steps], dim=1).long())
     key_ok = packed.pack(torch.cat([prompt_mask, completion_mask], dim=1).bool(), False)  # real tokens
     # -1 on prompts and padding, i on the i-th completion: a completion attends within its own block
     block = packed.pack(torch.cat([torch.full_like(prompt_ids, -1), in_group[:, None].expand(n, width)], dim=1), -1)
@@ -118,24 +134,37 @@ def shares_prefixes(group_ids: torch.Tensor) -> bool:
 
 def packing_pays(prompt_mask: torch.Tensor, completion_width: int, group_ids: torch.Tensor, hidden_size: int) -> bool:
     """Whether the packed forward costs fewer FLOPs than the plain one. Per layer, a token costs about
-    24 d^2 (projections and MLP) and a (query, key) pair about 4 d (dense masked attention), so the
-    cost in token units is tokens + pairs / (6 d). Packing saves the G - 1 repeated prompts but puts
-    the G completions in one row, whose dense attention grows with (P + G C)^2: with long completions
-    and a short prompt it can cost more than G separate rows."""
+    24 d^2 (projections and MLP) and a (query, key) pair about 4 d (dense masked attention), so a row
+    of width w costs w + w^2 / (6 d) token units. Both forwards pad their rows to the widest one: the
+    plain forward runs N rows of the prompt block's width plus C, the packed one R rows (one per
+    group) of the longest packed row, max_g (P_g + G_g C). Packing saves the G - 1 repeated prompts
+    but puts the G completions in one row, whose dense attention grows with (P + G C)^2: with long
+    completions and a short prompt it can cost more than G separate rows. (Speed only: the packed
+    row's [L, L] mask and attention scores also take more memory than G rows of P + C.)"""
     lengths = prompt_mask.sum(-1).tolist()
     starts = group_starts(group_ids.cpu()).tolist()
-    plain = packed = 0.0
-    for a, b in zip(starts, starts[1:] + [len(group_ids)]):
-        p, g = lengths[a], b - a
-        plain += g * ((p + completion_width) + (p + completion_width) ** 2 / (6 * hidden_size))
-        packed += (p + g * completion_width) + (p + g * completion_width) ** 2 / (6 * hidden_size)
-    return packed < plain
+    packed_width = max(lengths[a] + (b - a) * completion_width
+                       for a, b in zip(starts, starts[1:] + [len(group_ids)]))
+
+    def cost(rows: int, width: int) -> float:
+        return rows * (width + width ** 2 / (6 * hidden_size))
+
+    return cost(len(starts), packed_width) < cost(len(group_ids), prompt_mask.shape[1] + completion_width)
 
 
 def worth_packing(batch, model) -> bool:
-    """`packing_pays` for a RolloutBatch at the model's hidden size (False when no group has two rows:
-    packing then costs exactly the plain forward)."""
+    """`packing_pays` for a RolloutBatch at the model's hidden size; False when no group has two rows
+    (packing then costs exactly the plain forward) or a prompt is empty (its first completion token
+    has no position to be predicted from in a packed row)."""
+    if not shares_prefixes(batch.group_ids) or bool((batch.prompt_mask.sum(-1) == 0).any()):
+        return False
     return packing_pays(batch.prompt_mask, batch.completion_ids.shape[1], batch.group_ids, hidden_size_of(model))
+
+
+def text_config_of(model):
+    """The config of a model's language part (DDP-wrapped or not; a VLM's text config)."""
+    config = getattr(model, "module", model).config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def hidden_size_of(model) -> int:
@@ -144,12 +173,59 @@ def hidden_size_of(model) -> int:
     return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
 
 
+def attention_layer_types(config) -> list[str]:
+    """Each decoder layer's attention type: the config's `layer_types` (transformers 5), else every
+    layer sliding when the config sets a `sliding_window` (Mistral), else full attention."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+    return [kind] * int(getattr(config, "num_hidden_layers", 1))
+
+
+def packing_blocker(model) -> str | None:
+    """Why the packed forward cannot give this model's plain logits, or None when it can: the attention
+    must take a 4-D mask as given (eager, sdpa) and every layer must be full or sliding-window attention
+    (chunked attention and other patterns are not reproduced)."""
+    config = text_config_of(model)
+    implementation = getattr(config, "_attn_implementation", None) \
+        or getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if implementation not in MASKABLE_ATTENTION:
+        return f"{implementation} attention takes no 4-D masks (use sdpa or eager to share prompts)"
+    other = sorted(set(attention_layer_types(config)) - set(PACKABLE_LAYERS))
+    if other:
+        return f"layer types {other} are not reproduced by the packed masks (only {list(PACKABLE_LAYERS)})"
+    return None
+
+
+def model_attention_mask(packed: PackedGroups, model):
+    """The packed attention in the form the model's attention layers take it: boolean for sdpa, an
+    additive float mask (0 where attended, the dtype's minimum elsewhere) for eager attention, which
+    adds the mask to its scores (a boolean mask there would add 1 / 0 and mask nothing). Sliding-window
+    layers attend only to keys fewer than `sliding_window` tokens back in their own sequence (q - k <
+    W, as transformers' sliding masks, counted in `token_index`); with several layer types the model
+    gets a {layer type: mask} mapping, as transformers' models with mixed layers accept."""
+    reason = packing_blocker(model)
+    if reason is not None:
+        raise ValueError(f"prefix sharing cannot score this model: {reason}")
+    config = text_config_of(model)
+    masks = {}
+    for kind in dict.fromkeys(attention_layer_types(config)):
+        mask = packed.attention
+        if kind == "sliding_attention":
+            distance = packed.token_index[:, :, None] - packed.token_index[:, None, :]
+            mask = mask & (distance < config.sliding_window)[:, None]  # the diagonal stays: no empty query row
+        if (getattr(config, "_attn_implementation", None) or "eager") == "eager":
+            dtype = getattr(model, "module", model).get_input_embeddings().weight.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        masks[kind] = mask
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
 def use_prefix_sharing(enabled: bool, model) -> bool:
-    """`enabled` where the model's attention takes a 4-D mask as given (eager, sdpa); off, with a
-    warning, for flash-attention kernels."""
-    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
-    if enabled and implementation not in MASKABLE_ATTENTION:
-        log.warning("trainer.prefix_sharing: off, %s attention takes no 4-D masks (use sdpa to share prompts)",
-                    implementation)
+    """`enabled` where `packing_blocker` finds nothing; off, with a warning naming the reason, else."""
+    reason = packing_blocker(model) if enabled else None
+    if reason is not None:
+        log.warning("trainer.prefix_sharing: off, %s", reason)
         return False
     return enabled

@@ -186,17 +186,24 @@ class VarianceAwareSampling(UniformSampler):
     extra generation). `rescore_every: T` adds the paper's periodic re-scoring: before step 0 and
     every T steps the trainer generates `rescore_group_size` fresh completions of every prompt
     (mmrl/core/rescoring.py) and updates all scores; `refresh_in_batch: false` then keeps only the
-    periodic scores, as the official code does. `momentum` m blends a prompt's new VPS with its
-    previous one (v <- m v + (1 - m) v_new). A prompt never scored has P = 0.5 and TDS = 1, the
-    highest VPS, so unseen prompts are drawn first. Defaults: alpha 0.8, beta 0.2, mix 0.5
-    (paper sec. 6.1; its T = 35 and N = 32 are the rescore settings of the 7B runs)."""
+    periodic scores, as the official code does (its examples/mmr1.yaml: every 4 steps, 8
+    completions). `momentum` m blends a prompt's new VPS with its previous one (v <- m v + (1 - m)
+    v_new). A prompt not yet scored counts, in the weighted half, with the mean VPS of the scored
+    prompts (`unscored: mean`; none scored: uniform weights); `unscored: max` gives it the highest
+    VPS (P = 0.5, TDS = 1), so unseen prompts are drawn first. With `rescore_every` every prompt is
+    scored before step 0, as in the paper's Algorithm 1. Defaults: alpha 0.8, beta 0.2, mix 0.5
+    (paper sec. 6.1)."""
 
     needs_completions = True
 
     def __init__(self, num_prompts: int, seed: int = 0, mix: float = 0.5, alpha: float = 0.8, beta: float = 0.2,
                  diversity: str = "self_bleu", momentum: float = 0.0, rescore_every: int = 0,
-                 rescore_group_size: int = 8, refresh_in_batch: bool = True):
+                 rescore_group_size: int = 8, refresh_in_batch: bool = True, unscored: str = "mean"):
         super().__init__(num_prompts, seed)
+        if unscored not in ("mean", "max"):
+            raise ValueError(f"sampler.params.unscored: '{unscored}' is not 'mean' (the scored prompts' mean VPS) "
+                             "or 'max' (unseen prompts first)")
+        self.unscored = unscored
         if rescore_every < 0 or rescore_group_size < 1 or (not refresh_in_batch and rescore_every == 0):
             raise ValueError("sampler.params: vas needs rescore_every >= 0, rescore_group_size >= 1, and "
                              "rescore_every > 0 when refresh_in_batch is false (else the scores never change)")
@@ -208,12 +215,17 @@ class VarianceAwareSampling(UniformSampler):
             raise ValueError(f"sampler.params.diversity: '{diversity}' is not 'self_bleu' or 'distinct_3'")
         self.mix, self.alpha, self.beta, self.diversity, self.momentum = mix, alpha, beta, diversity, momentum
         self.vps = np.full(num_prompts, alpha * 0.25 + beta * 1.0)
+        self.scored = np.zeros(num_prompts, dtype=bool)
         self.random = _NumpyRandom(seed + 1)
         self.last_weighted = 0
 
     def weights(self) -> np.ndarray:
-        low, high = self.vps.min(), self.vps.max()
-        return (self.vps - low) / (high - low + 1e-8)
+        """Min-max normalised VPS of every prompt (unscored prompts as `unscored` says)."""
+        vps = self.vps.copy()
+        if self.unscored == "mean":
+            vps[~self.scored] = vps[self.scored].mean() if self.scored.any() else 0.0
+        low, high = vps.min(), vps.max()
+        return (vps - low) / (high - low + 1e-8)
 
     def sample(self, n: int) -> list[int]:
         rng = self.random.rng
@@ -239,18 +251,23 @@ class VarianceAwareSampling(UniformSampler):
         for i, s, group in zip(indices, successes, completions):
             pass_rate = float(np.mean(s))
             new = self.alpha * pass_rate * (1 - pass_rate) + self.beta * self.trajectory_diversity(group)
-            self.vps[i] = self.momentum * self.vps[i] + (1 - self.momentum) * new
+            self.vps[i] = self.momentum * self.vps[i] + (1 - self.momentum) * new if self.scored[i] else new
+            self.scored[i] = True
 
     def metrics(self) -> dict:
-        return {"vas/vps_mean": float(self.vps.mean()), "vas/vps_std": float(self.vps.std()),
-                "vas/weighted_prompts": float(self.last_weighted)}
+        scored = self.vps[self.scored] if self.scored.any() else self.vps
+        return {"vas/vps_mean": float(scored.mean()), "vas/vps_std": float(scored.std()),
+                "vas/weighted_prompts": float(self.last_weighted), "vas/scored_fraction": float(self.scored.mean())}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "vps": torch.from_numpy(self.vps.copy()), "random": self.random.state_dict()}
+        return {**super().state_dict(), "vps": torch.from_numpy(self.vps.copy()),
+                "scored": torch.from_numpy(self.scored.copy()), "random": self.random.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.vps = state["vps"].numpy().copy()
+        # checkpoints written before `scored` existed: every prompt counts as scored
+        self.scored = state["scored"].numpy().copy() if "scored" in state else np.ones(len(self.vps), dtype=bool)
         self.random.load_state_dict(state["random"])
 
 

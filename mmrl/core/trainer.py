@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import time
@@ -40,6 +41,7 @@ from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
 from mmrl.rewards import REWARDS, score_batch
 
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- setup helpers
 def end_processes() -> None:
@@ -95,6 +97,7 @@ def validate(cfg, world_size: int) -> None:
         raise ValueError("algorithm.llds_coef must be >= 0")
     losses.AGGREGATIONS.get(a.aggregation)
     losses.KL_ESTIMATORS.get(a.kl_estimator)
+    validate_kl_and_aggregation(a)
     for i, r in enumerate(cfg.rewards):
         REWARDS.check_params(r.name, r.params, f"rewards.{i}.params")
     if not cfg.rewards:
@@ -103,6 +106,22 @@ def validate(cfg, world_size: int) -> None:
         raise ValueError("inpainting.enabled (IGPO) needs a masked diffusion model: model.modality: dllm")
     if cfg.augmentation.name not in (None, "difficulty"):
         raise ValueError(f"augmentation.name: '{cfg.augmentation.name}' is not one of difficulty, null (off)")
+
+
+def validate_kl_and_aggregation(a) -> None:
+    """The KL term's placement, and the aggregation a sequence-level loss takes (warnings name the key)."""
+    if a.kl_penalty not in ("loss", "reward"):
+        raise ValueError(f"algorithm.kl_penalty: '{a.kl_penalty}' is not 'loss' (a per-token term, DeepSeekMath) "
+                         "or 'reward' (r - beta KL, verl's use_kl_in_reward)")
+    if a.kl_clamp is not None and a.kl_clamp <= 0:
+        raise ValueError(f"algorithm.kl_clamp={a.kl_clamp} must be > 0 (verl: 10), or null for no clamp")
+    if a.beta > 0 and a.kl_penalty == "loss" and a.kl_estimator == "k1":
+        log.warning("algorithm.kl_estimator: k1 as a loss term has zero expected gradient (its gradient is the "
+                    "score function, whose mean is 0): use k3 or k2, or algorithm.kl_penalty: reward")
+    if getattr(losses.LOSSES.get(a.loss), "sequence_level", False) and a.aggregation != "seq-mean-token-mean":
+        log.warning("algorithm.aggregation: %s would weight loss '%s' (a per-sequence objective) by completion "
+                    "length; using seq-mean-token-mean, as verl does", a.aggregation, a.loss)
+        a.aggregation = "seq-mean-token-mean"
 
 
 def build_scheduler(optimizer, optim_cfg, total_steps: int):
@@ -237,7 +256,7 @@ def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence:
     """Advantages [N] of the whole step's rows (every rank computes the same) and the sampler update."""
     a = cfg.algorithm
     adv = advantage_estimators.compute(a.advantage, rows.rewards, rows.group_ids,
-                                       reward_weights=[r.weight for r in cfg.rewards], state=state.advantage,
+                                       reward_weights=reward_weights(cfg), state=state.advantage,
                                        example_index=rows.example_index, divergence=divergence, **a.advantage_params)
     indices, groups = rows.groups()
     success = rows.rewards[:, 0].clamp(0, 1)  # the first reward function is the success signal
@@ -300,29 +319,80 @@ def set_mask_iteration(adapter, iteration: int) -> None:
 
 
 @torch.no_grad()
-def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: RolloutBatch) -> None:
-    """old_logp (when several updates reuse the batch) and ref_logp (only when beta > 0). With
-    `fresh_masks` both are recorded for each inner iteration's masks, [N, mu, C] in
-    extras['old_logp_by_iteration'] / ['ref_logp_by_iteration']."""
-    chunks = batch.micro_batches(cfg.trainer.gradient_accumulation_steps)
+def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: RolloutBatch,
+                           weighting=None) -> torch.Tensor | None:
+    """old_logp (when several updates reuse the batch) and ref_logp (only when beta > 0), on the
+    micro-batches of the update (`update_chunks`). With `fresh_masks` both are recorded for each inner
+    iteration's masks, [N, mu, C] in extras['old_logp_by_iteration'] / ['ref_logp_by_iteration'].
+    Returns the behaviour policy's log-probs [N, C] (iteration 0's masks) when the KL is a reward
+    penalty (`kl_penalty: reward`), else None."""
+    a = cfg.algorithm
+    chunks = update_chunks(cfg, batch, weighting)
     fresh = getattr(adapter, "fresh_masks", False)
-    mu = cfg.algorithm.num_iterations
+    mu = a.num_iterations
+    kl_in_reward = a.kl_penalty == "reward" and a.beta > 0
     old, ref = [], []
     for k in range(mu if fresh else 1):
         set_mask_iteration(adapter, k)
-        if mu > 1:
+        if mu > 1 or (kl_in_reward and k == 0):
             old.append(torch.cat([adapter.log_probs(model, mb) for mb in chunks]))
-        if cfg.algorithm.beta > 0:
+        if a.beta > 0:
             with reference_policy(accelerator, model, ref_model) as policy:
                 ref.append(torch.cat([adapter.log_probs(policy, mb) for mb in chunks]))
     if fresh:
-        if old:
+        if mu > 1:
             batch.extras["old_logp_by_iteration"] = torch.stack(old, dim=1)
         if ref:
             batch.extras["ref_logp_by_iteration"] = torch.stack(ref, dim=1)
     else:
-        batch.old_logp = old[0] if old else None
+        batch.old_logp = old[0] if mu > 1 else None
         batch.ref_logp = ref[0] if ref else None
+    return old[0] if kl_in_reward else None
+
+
+def add_kl_reward_penalty(cfg, batch: RolloutBatch, behaviour_logp: torch.Tensor) -> None:
+    """KL in the reward (verl's use_kl_in_reward, TRL's RLOO): a reward column `kl_penalty` =
+    -sum_t KL_t(pi_behaviour || pi_ref) over the tokens the loss counts, with weight beta
+    (`reward_weights`), so the advantage estimator sees r - beta KL. KL_t is `kl_estimator` (k1 =
+    log pi - log pi_ref, verl's default here) clamped by `kl_clamp`."""
+    a = cfg.algorithm
+    ref = batch.ref_logp if batch.ref_logp is not None else batch.extras["ref_logp_by_iteration"][:, 0]
+    kl = losses.KL_ESTIMATORS.get(a.kl_estimator)(behaviour_logp, ref)
+    if a.kl_clamp is not None:
+        kl = kl.clamp(-a.kl_clamp, a.kl_clamp)
+    penalty = (kl * loss_mask(batch).to(kl.dtype)).sum(-1)
+    batch.rewards = torch.cat([batch.rewards, -penalty[:, None].to(batch.rewards)], dim=1)
+    batch.reward_names = [*batch.reward_names, "kl_penalty"]
+
+
+def reward_weights(cfg) -> list[float]:
+    """The weight of each reward column: the configured rewards', then beta for the KL penalty column."""
+    weights = [r.weight for r in cfg.rewards]
+    return weights + [cfg.algorithm.beta] if cfg.algorithm.kl_penalty == "reward" and cfg.algorithm.beta > 0 \
+        else weights
+
+
+def update_chunks(cfg, batch: RolloutBatch, weighting=None) -> list[RolloutBatch]:
+    """The micro-batches of a policy update, and of the old / reference log-probs recorded for it: the
+    same split, so the old log-probs come from the very forward the first inner update repeats (its
+    ratio is exactly 1). Whole groups where the loss or the weighting compares a group's completions."""
+    whole_groups = getattr(losses.LOSSES.get(cfg.algorithm.loss), "whole_groups", False) or \
+        getattr(weighting, "whole_groups", False)
+    return batch.micro_batches(cfg.trainer.gradient_accumulation_steps, whole_groups=whole_groups)
+
+
+@torch.no_grad()
+def llds_active_tokens(cfg, accelerator, adapter, model, chunks: list[RolloutBatch]) -> float:
+    """LLDS's denominator at this inner iteration: the gated tokens of every micro-batch on every rank
+    (divided by the number of ranks, as the other denominators), from a forward without gradient
+    before the update's first micro-batch, since the gates depend on the current policy."""
+    count = 0.0
+    for mb in chunks:
+        logp = adapter.log_probs(model, mb)
+        count += float(losses.llds_gate(logp, mb.old_logp, loss_mask(mb).to(logp.dtype), mb.advantages,
+                                        cfg.algorithm.llds_nonneg_advantage).sum())
+    total = accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum")
+    return float(total) / accelerator.num_processes
 
 
 def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch, weighting=None) -> dict:
@@ -330,26 +400,31 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
 
     Aggregation denominators are those of the whole optimizer batch on all ranks (divided by the
     number of ranks, since DDP averages gradients), so the update does not depend on how the batch
-    is split into micro-batches or processes. `batch` must already be on the accelerator's device."""
+    is split into micro-batches or processes; LLDS's (a count of gated tokens) is taken before each
+    inner update after the first. `batch` must already be on the accelerator's device."""
     a, t = cfg.algorithm, cfg.trainer
     world = accelerator.num_processes
     num_groups_local = float(len(group_starts(batch.group_ids)))
     totals = accelerator.reduce(torch.tensor([float(len(batch)), float(loss_mask(batch).sum()), num_groups_local],
                                              device=accelerator.device), "sum")
     num_seqs, num_tokens, num_groups = (totals / world).tolist()
-    whole_groups = getattr(losses.LOSSES.get(a.loss), "whole_groups", False) or getattr(weighting, "whole_groups", False)
     with_logits = getattr(weighting, "needs_logits", False)  # weights computed in the loss's own forward
-    chunks = batch.micro_batches(t.gradient_accumulation_steps, whole_groups=whole_groups)
+    chunks = update_chunks(cfg, batch, weighting)
+    beta = a.beta if a.kl_penalty == "loss" else 0.0
     stats_sum: dict[str, float] = {}
     for iteration in range(a.num_iterations):
         loss_total = 0.0
         set_mask_iteration(adapter, iteration)
-        for k, mb in enumerate(chunks):
-            sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
+        for mb in chunks:
             if "old_logp_by_iteration" in mb.extras:
                 mb.old_logp = mb.extras["old_logp_by_iteration"][:, iteration]
             if "ref_logp_by_iteration" in mb.extras:
                 mb.ref_logp = mb.extras["ref_logp_by_iteration"][:, iteration]
+        # LLDS is 0 on-policy (pi = pi_old); later iterations normalise by the whole batch's gated tokens
+        llds_coef = a.llds_coef if iteration > 0 else 0.0
+        llds_tokens = llds_active_tokens(cfg, accelerator, adapter, model, chunks) if llds_coef > 0 else None
+        for k, mb in enumerate(chunks):
+            sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
                 if with_logits:
                     logits = adapter.completion_logits(model, mb)
@@ -367,17 +442,22 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                                                           **context)
                 loss, stats = losses.compute(
                     a.loss, logp, old, adv, mask, ref_logp=mb.ref_logp,
-                    aggregation=a.aggregation, beta=a.beta, kl_estimator=a.kl_estimator,
-                    token_weights=weights, max_len=cfg.rollout.max_new_tokens,
-                    num_seqs=num_seqs, num_tokens=num_tokens, group_ids=mb.group_ids, num_groups=num_groups,
-                    llds_coef=a.llds_coef, llds_nonneg_advantage=a.llds_nonneg_advantage, **a.loss_params)
+                    aggregation=a.aggregation, beta=beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp,
+                    token_weights=weights, weights_scale_kl=getattr(weighting, "scales_kl", False),
+                    max_len=cfg.rollout.max_new_tokens, num_seqs=num_seqs, num_tokens=num_tokens,
+                    group_ids=mb.group_ids, num_groups=num_groups, ratio_mask=mb.extras.get("ratio_mask"),
+                    llds_coef=llds_coef, llds_nonneg_advantage=a.llds_nonneg_advantage, llds_tokens=llds_tokens,
+                    llds_advantages=mb.advantages, **a.loss_params)
                 accelerator.backward(loss)
             loss_total += loss.item()
-            if iteration == 0:
+            if iteration == 0:  # the policy statistics of the on-policy pass
                 stats.update(extra)
                 stats["entropy"] = losses.masked_mean(entropy, mask.to(entropy.dtype))
                 for key, value in stats.items():
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(value) / len(chunks)
+            elif llds_coef > 0:  # LLDS acts after the first update: its terms summed over micro-batches
+                for key in ("llds/penalty", "llds/active_tokens"):
+                    stats_sum[key] = stats_sum.get(key, 0.0) + float(stats[key]) / (a.num_iterations - 1)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -460,7 +540,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     start = checkpoint.load(accelerator, resume)["step"] if resume is not None else 0
     metrics_log = MetricsLog(cfg.output_dir, enabled=accelerator.is_main_process,
                              resume_step=start if resume is not None else None)
-    weights = [r.weight for r in cfg.rewards]
+    weights = reward_weights(cfg)
     spo_adaptive = isinstance(state.advantage, SPOTracker) and \
         cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
     rows_per_pass = max(1, cfg.trainer.logprob_chunk_rows)
@@ -483,6 +563,10 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         for method in post_rollout:
             batch, extra = method(cfg, accelerator, adapter, model, batch, step)
             local.update(extra)
+        # OLD / REFERENCE LOG-PROBS (and, with kl_penalty: reward, the KL as a reward column)
+        behaviour = record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch, weighting)
+        if behaviour is not None:
+            add_kl_reward_penalty(cfg, batch, behaviour)
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
         rows = gather_rows(accelerator, batch, with_completions=getattr(state.sampler, "needs_completions", False))
         divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \
@@ -495,7 +579,6 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
         if weighting is not None:
             weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))
-        record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch)
         # UPDATE: mu optimizer steps on this batch
         local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
         if spo_adaptive:

@@ -1,6 +1,7 @@
 """Token weighting schemes, composable with any per-token policy loss.
 
-A scheme has two hooks:
+A scheme has two hooks (and optional flags: `needs_logits`, `whole_groups`, and `scales_kl` when
+its weights also multiply the KL term; by default they scale the policy term only):
   prepare(batch, completion_logits)               once per step, on the rank's whole batch after the
                                                   advantages are known (may set batch.token_weights [N, C]);
                                                   completion_logits(rows) gives the current policy's
@@ -180,7 +181,12 @@ class TokenDivergenceWeighting:
     forward from the current policy and stay attached to the graph, adding a gradient through the
     full-vocabulary divergence; micro-batches then hold whole groups.
     Pair with algorithm.aggregation: token-mean (the code's sum of w * loss over all tokens / number
-    of tokens), loss grpo with eps 0.2 / eps_high 0.28 and beta 0 (configs/methods/tw_grpo.yaml)."""
+    of tokens), loss grpo with eps 0.2 / eps_high 0.28 and beta 0 (configs/methods/tw_grpo.yaml).
+    With beta > 0 the weights scale the KL term too (`scales_kl`), as the official code multiplies
+    the whole per-token loss (policy term minus beta KL) by them; the other schemes leave the KL
+    term unweighted, as TRL adds it after its entropy mask."""
+
+    scales_kl = True
 
     def __init__(self, alpha: float = 1.7, detach: bool = True):
         if alpha < 1:

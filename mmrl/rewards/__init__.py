@@ -5,4 +5,4 @@ per completion. `score` runs the configured ones; a function that raises is logg
 the affected samples, and the run continues.
 """
 from mmrl.rewards.registry import REWARDS, score, score_batch  # noqa: F401
-from mmrl.rewards import math, format, choice  # noqa: F401,E402  (registration)
+from mmrl.rewards import math, format, choice, xml  # noqa: F401,E402  (registration)

@@ -50,18 +50,73 @@ def accuracy_task(completions, examples, completion_lengths=None, answer_key: st
     return scores
 
 
-@REWARDS.register("accuracy_choice_soft")
-def accuracy_choice_soft(completions, examples, completion_lengths=None, answer_key: str = "answer"):
-    """TW-GRPO's soft multi-choice reward (Dang et al., arXiv 2505.24718, Eq. 7; official code
-    `accuracy_reward`): with P the predicted letters and G the gold letters,
-        r = |P| / |G|  if P is a non-empty subset of G,  else 0,
-    so the exact set scores 1, a correct partial answer its share, and any wrong letter 0. The
-    code first tries math-verify on the whole completion; that step is left out here, since on
-    letter answers it can only agree with the set comparison or match letters outside the tags."""
+_FIRST_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_FIRST_TAG_LINE = re.compile(r"<answer>(.*?)</answer>")  # TON's code: no DOTALL, the answer on one line
+
+
+def tagged_gold(gold: str) -> str:
+    """The gold answer as the official datasets store it, inside <answer> tags."""
+    return gold if "<answer>" in gold else f"<answer>{gold}</answer>"
+
+
+def whole_completion_verifies(completion: str, gold: str) -> bool:
+    """R1-V's first check (TON's and TW-GRPO's code): math-verify on the whole completion against the
+    tagged gold, verify(parse(completion), parse(gold)); any error counts as no match."""
+    from math_verify import parse, verify
+    try:
+        return float(verify(parse(completion), parse(tagged_gold(gold)))) > 0
+    except Exception:  # noqa: BLE001 - the official code swallows parser errors the same way
+        return False
+
+
+def first_answer(text: str, pattern=_FIRST_TAG) -> str:
+    """The first <answer> span, stripped, or the whole text stripped when there is none (R1-V)."""
+    m = pattern.search(text)
+    return m.group(1).strip() if m else text.strip()
+
+
+@REWARDS.register("accuracy_r1v")
+def accuracy_r1v(completions, examples, completion_lengths=None, answer_key: str = "answer"):
+    """TON's official accuracy (kokolerk/TON src/r1-v/.../grpo.py `accuracy_reward`, from R1-V): 1.0
+    if math-verify finds the whole completion equal to the gold, else 1.0 if the first <answer> span
+    on one line (or the whole completion), stripped, equals the gold's exactly, else 0. The
+    paper's "task-aware" lenient reading is `accuracy_task`."""
     scores = []
     for text, example in zip(completions, examples):
+        gold = str(example[answer_key])
+        ok = whole_completion_verifies(text, gold) or \
+            first_answer(text, _FIRST_TAG_LINE) == first_answer(tagged_gold(gold), _FIRST_TAG_LINE)
+        scores.append(1.0 if ok else 0.0)
+    return scores
+
+
+@REWARDS.register("accuracy_choice_soft")
+def accuracy_choice_soft(completions, examples, completion_lengths=None, answer_key: str = "answer",
+                         parse: str = "lenient"):
+    """TW-GRPO's soft multi-choice reward (Dang et al., arXiv 2505.24718, Eq. 7): with P the predicted
+    options and G the gold ones,
+        r = |P| / |G|  if P is a non-empty subset of G,  else 0,
+    so the exact set scores 1, a correct partial answer its share, and any wrong option 0.
+    `parse: official` reads the answer as the official code (longmalongma/TW-GRPO grpo.py
+    `accuracy_reward`): 1.0 if math-verify finds the whole completion equal to the gold; else P and
+    G are the comma-separated items (spaces removed) of the first <answer> span (or the whole text),
+    so "(A)" is not "A". `parse: lenient` (the default) takes the last <answer> span (or \\boxed{})
+    and reads option letters: "(A)", "A. red" and "A" are the same answer; no math-verify step."""
+    if parse not in ("lenient", "official"):
+        raise ValueError(f"rewards accuracy_choice_soft params.parse: '{parse}' is not 'lenient' or 'official'")
+    scores = []
+    for text, example in zip(completions, examples):
+        gold_text = str(example[answer_key])
+        if parse == "official":
+            if whole_completion_verifies(text, gold_text):
+                scores.append(1.0)
+                continue
+            pred = set(first_answer(text).replace(" ", "").split(","))
+            gold = set(first_answer(tagged_gold(gold_text)).replace(" ", "").split(","))
+            scores.append(len(pred) / len(gold) if pred <= gold else 0.0)
+            continue
         predicted = extract_answer(text)
-        gold = choice_letters(str(example[answer_key]))
+        gold = choice_letters(gold_text)
         pred = choice_letters(predicted) if predicted else set()
         scores.append(len(pred) / len(gold) if pred and gold and pred <= gold else 0.0)
     return scores
@@ -76,6 +131,6 @@ def same_task_answer(a: str, b: str) -> bool:
     return normalize_words(a) == normalize_words(b)
 
 
-for _fn in (accuracy_task, accuracy_choice_soft):
+for _fn in (accuracy_task, accuracy_choice_soft, accuracy_r1v):
     _fn.extract_answer = extract_answer
     _fn.same_answer = same_task_answer

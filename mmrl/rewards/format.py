@@ -8,11 +8,30 @@ from mmrl.rewards.registry import REWARDS
 THINK_ANSWER = r"^<think>.*?</think>\s*<answer>.*?</answer>$"
 
 
+MATCH_MODES = ("fullmatch", "match", "search")
+
+
 @REWARDS.register("format")
-def format_reward(completions, examples=None, completion_lengths=None, pattern: str = THINK_ANSWER):
-    """1.0 if the whole (stripped) completion matches `pattern` (regex, DOTALL), else 0."""
-    compiled = re.compile(pattern, re.DOTALL)
-    return [1.0 if compiled.fullmatch(c.strip()) else 0.0 for c in completions]
+def format_reward(completions, examples=None, completion_lengths=None, pattern: str = THINK_ANSWER,
+                  mode: str = "fullmatch", strip: bool = True, unique_tags: list | None = None):
+    """1.0 if the completion matches `pattern` (regex, DOTALL), else 0. `mode`: Python's re function
+    (fullmatch: the whole text; match: from its start; search: anywhere); `strip`: match the text
+    with surrounding whitespace removed (lenient, the default) or as generated; `unique_tags`: strings
+    that may occur at most once (TW-GRPO's code rejects a second "<think>" or "<answer>").
+    The official settings of the recipes that claim them:
+      TON (kokolerk/TON grpo.py):     pattern <think>.*?</think>\s*<answer>.*?</answer>, fullmatch, strip false;
+      TW-GRPO (grpo.py format_reward): pattern <think>.*?</think>\s*<answer>.*?</answer>[\s!]*$, search,
+                                      strip true, unique_tags [<think>, <answer>];
+      d1 / IGPO (reward_func.py):      strict ^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$ and
+                                      soft <reasoning>.*?</reasoning>\s*<answer>.*?</answer>, match, strip false."""
+    if mode not in MATCH_MODES:
+        raise ValueError(f"rewards format params.mode: '{mode}' is not one of {list(MATCH_MODES)}")
+    matcher = getattr(re.compile(pattern, re.DOTALL), mode)
+    out = []
+    for c in completions:
+        repeated = any(c.count(tag) > 1 for tag in unique_tags or ())
+        out.append(1.0 if not repeated and matcher(c.strip() if strip else c) else 0.0)
+    return out
 
 
 _THOUGHT = re.compile(r"<think>(.*?)</think>", re.DOTALL)

@@ -6,7 +6,7 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch
-from mmrl.core.prefix import first_kept, pack_groups, unpack_logits, worth_packing
+from mmrl.core.prefix import first_kept, model_attention_mask, pack_groups, unpack_logits, worth_packing
 
 
 class ChatPrompts:
@@ -115,7 +115,7 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
             packed = pack_groups(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
                                  batch.group_ids, pad_id=self.tokenizer.pad_token_id)
             offset = first_kept(packed)
-            logits = model(input_ids=packed.input_ids, attention_mask=packed.attention,
+            logits = model(input_ids=packed.input_ids, attention_mask=model_attention_mask(packed, model),
                            position_ids=packed.position_ids, logits_to_keep=packed.length - offset,
                            use_cache=False).logits
             return self.at_temperature(unpack_logits(logits, packed, offset))

@@ -20,7 +20,8 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                tokenized_completions)
 from mmrl.core.batch import RolloutBatch, group_starts
-from mmrl.core.prefix import first_kept, pack_groups, shares_prefixes, unpack_logits, worth_packing
+from mmrl.core.prefix import (first_kept, model_attention_mask, pack_groups, shares_prefixes, unpack_logits,
+                              worth_packing)
 
 
 # Per kind of visual input: the processor's pixel and grid keys, and the per-row counts kept in extras.
@@ -245,7 +246,7 @@ class VLMAdapter(LogProbsFromLogits):
                              batch.group_ids, pad_id=self.tokenizer.pad_token_id)
         prompt_vision = join_vision({k: v[packed.prompt_rows.to(v.device)] for k, v in batch.extras.items()})
         offset = first_kept(packed)
-        logits = model(input_ids=packed.input_ids.to(device), attention_mask=packed.attention.to(device),
+        logits = model(input_ids=packed.input_ids.to(device), attention_mask=model_attention_mask(packed, model),
                        position_ids=packed.pack(positions), mm_token_type_ids=packed.pack(types),
                        **{k: v.to(device) for k, v in prompt_vision.items()},
                        logits_to_keep=packed.length - offset, use_cache=False).logits

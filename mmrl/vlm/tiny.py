@@ -37,9 +37,11 @@ def build_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 28 *
 
 def build_tiny_vlm(tokenizer, hidden_size: int = 64, intermediate_size: int = 128, num_hidden_layers: int = 2,
                    num_attention_heads: int = 4, num_key_value_heads: int = 2, vision_depth: int = 2,
-                   vision_hidden_size: int = 32, seed: int = 0, family: str = "qwen2_5_vl", **_unused):
+                   vision_hidden_size: int = 32, seed: int = 0, family: str = "qwen2_5_vl",
+                   attn_implementation: str | None = None, text_overrides: dict | None = None, **_unused):
     """A Qwen-VL model of `family` (qwen2_5_vl, qwen2_vl, qwen3_vl) with a small text model and
-    vision tower, randomly initialised."""
+    vision tower, randomly initialised; `text_overrides` go into its text config (tests: a sliding
+    window), `attn_implementation` picks the attention (default sdpa)."""
     import transformers
 
     if family not in FAMILIES:
@@ -64,6 +66,7 @@ def build_tiny_vlm(tokenizer, hidden_size: int = 64, intermediate_size: int = 12
     }[family]
     if family == "qwen3_vl":
         text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
+    text.update(text_overrides or {})
     config_cls, model_cls = {"qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
                              "qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"),
                              "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration")}[family]
@@ -72,6 +75,8 @@ def build_tiny_vlm(tokenizer, hidden_size: int = 64, intermediate_size: int = 12
         text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = getattr(transformers, model_cls)(config)

@@ -347,3 +347,92 @@ def test_gdpo_elbo_ratio_hand_computed():
     raw, _ = losses.compute("gdpo_elbo", logp, old, adv, mask, eps=0.2, length_normalized=False,
                             aggregation="seq-mean-token-mean")
     assert raw.item() == pytest.approx((-0.6 + 0.8 / 3) / 2, abs=1e-6)
+
+
+# ---------------------------------------------------------------- verl parity options
+def test_dual_clip_bounds_the_loss_of_negative_advantages():
+    """verl's dual clip, A = -2, c = 3, clip 0.2 / 0.28: r = 2 gives max(4, 2.56) = 4 < 6 (unchanged,
+    gradient -A r = 4); r = 4 gives max(8, 2.56) = 8 > 6, so 6 with no gradient. Without c: 8, grad 8."""
+    loss, grad, stats = _single(math.log(2.0), 0.0, -2.0, eps=0.2, eps_high=0.28, clip_ratio_c=3.0)
+    assert loss == pytest.approx(4.0) and grad == pytest.approx(4.0) and stats["clip_frac_dual"] == 0
+    loss, grad, stats = _single(math.log(4.0), 0.0, -2.0, eps=0.2, eps_high=0.28, clip_ratio_c=3.0)
+    assert loss == pytest.approx(6.0) and grad == 0.0 and stats["clip_frac_dual"] == 1
+    loss, grad, _ = _single(math.log(4.0), 0.0, -2.0, eps=0.2, eps_high=0.28)
+    assert loss == pytest.approx(8.0) and grad == pytest.approx(8.0)
+    loss, _, _ = _single(math.log(4.0), 0.0, 2.0, eps=0.2, clip_ratio_c=3.0)  # A > 0: only the usual clip
+    assert loss == pytest.approx(-2.4)
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        _single(0.0, 0.0, 1.0, clip_ratio_c=0.9)
+
+
+def test_log_ratio_clamp_stops_an_overflowing_ratio():
+    """logp - old = 30 with A = -1: exp(30) = 1.07e13 unclamped; clamped at 20, exp(20) = 4.85e8 and no
+    gradient. Below the clamp nothing changes (r = 1.3 as in the tests above)."""
+    loss, grad, _ = _single(30.0, 0.0, -1.0)
+    assert loss == pytest.approx(math.exp(20)) and grad == 0.0
+    loss, grad, _ = _single(30.0, 0.0, -1.0, log_ratio_clamp=None)
+    assert loss == pytest.approx(math.exp(30)) and grad == pytest.approx(math.exp(30))
+    # GSPO clamps the mean log-ratio at 10 (verl)
+    logp = torch.full((1, 2), 12.0, dtype=torch.float64)
+    loss, _ = losses.compute("gspo", logp, torch.zeros_like(logp), torch.tensor([-1.0], dtype=torch.float64),
+                             torch.ones(1, 2))
+    assert loss.item() == pytest.approx(math.exp(10))
+
+
+def test_kl_clamp_limits_each_estimate():
+    """k3 at logp -4, ref -1: exp(3) - 3 - 1 = 16.09, clamped to 10 (verl's k3 clamp)."""
+    logp, ref = torch.tensor([[-4.0]], dtype=torch.float64), torch.tensor([[-1.0]], dtype=torch.float64)
+    args = (logp, logp, torch.zeros(1, dtype=torch.float64), torch.ones(1, 1))
+    loss, stats = losses.compute("grpo", *args, ref_logp=ref, beta=1.0)
+    assert loss.item() == pytest.approx(math.exp(3) - 4)
+    loss, stats = losses.compute("grpo", *args, ref_logp=ref, beta=1.0, kl_clamp=10.0)
+    assert loss.item() == pytest.approx(10.0) and stats["kl"].item() == pytest.approx(10.0)
+
+
+def test_token_weights_do_not_scale_the_kl_term_unless_asked():
+    """Two tokens, policy term 0 (A = 0), k1 KL 0.1 each, beta 1, weights [1, 0] (entropy_topk keeps
+    one token): token-mean (1 * 0.1 + 0.1) / 2 = 0.1, as TRL adds the KL after its mask; with
+    weights_scale_kl (TW-GRPO's code) (0.1 + 0) / 2 = 0.05."""
+    logp = torch.full((1, 2), -1.0, dtype=torch.float64)
+    ref = torch.full((1, 2), -1.1, dtype=torch.float64)
+    kw = dict(ref_logp=ref, beta=1.0, kl_estimator="k1", aggregation="token-mean",
+              token_weights=torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    args = (logp, logp, torch.zeros(1, dtype=torch.float64), torch.ones(1, 2))
+    assert losses.compute("grpo", *args, **kw)[0].item() == pytest.approx(0.1)
+    assert losses.compute("grpo", *args, weights_scale_kl=True, **kw)[0].item() == pytest.approx(0.05)
+
+
+def test_llds_divides_by_the_whole_batch_gate_count():
+    """Review example: every token fell, two micro-batches of one response each. With the local count
+    each half is a mean of its own tokens and the two add up to twice the whole-batch mean; with the
+    whole batch's count (llds_tokens) the halves sum to the whole-batch penalty."""
+    old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, 0.0]])
+    logp = torch.tensor([[-1.1, -1.2, -1.3], [-1.05, -1.25, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv = torch.tensor([1.0, 1.0])
+    whole, active = losses.likelihood_displacement_penalty(logp, old, mask, adv)
+    assert active.item() == 5 and whole.item() == pytest.approx((0.1 + 0.2 + 0.3 + 0.05 + 0.25) / 5)
+    halves = [losses.likelihood_displacement_penalty(logp[i:i + 1], old[i:i + 1], mask[i:i + 1], adv[i:i + 1],
+                                                     active_tokens=5)[0].item() for i in range(2)]
+    assert sum(halves) == pytest.approx(whole.item())
+    local = [losses.likelihood_displacement_penalty(logp[i:i + 1], old[i:i + 1], mask[i:i + 1], adv[i:i + 1])[0].item()
+             for i in range(2)]
+    assert sum(local) == pytest.approx(0.2 + 0.15)  # what a per-micro-batch mean gave
+
+
+def test_sequence_level_losses_are_flagged():
+    assert {n for n in LOSSES if getattr(LOSSES.get(n), "sequence_level", False)} == \
+        {"gspo", "gdpo_elbo", "sapo", "reg_grpo"}
+
+
+def test_gspo_ratio_mask_widens_the_mean():
+    """IGPO's official scope: the sequence ratio averages over every canvas position, not only the
+    loss tokens. logp - old = [.3, 0, -.3, .6], third token out of the loss: exp(.3) = 1.3499 over the
+    loss tokens, exp(.15) = 1.1618 over all four (the dllm review's example)."""
+    logp = torch.tensor([[0.3, 0.0, -0.3, 0.6]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    args = (logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64), mask)
+    _, stats = losses.compute("gspo", *args, eps=10.0, eps_high=10.0)
+    assert stats["ratio_mean"].item() == pytest.approx(math.exp(0.3))
+    _, stats = losses.compute("gspo", *args, ratio_mask=torch.ones(1, 4), eps=10.0, eps_high=10.0)
+    assert stats["ratio_mean"].item() == pytest.approx(math.exp(0.15)) and stats["ratio_mean"].item() == pytest.approx(1.1618, abs=1e-4)

@@ -45,6 +45,19 @@ def tiny():
     return tok, build_tiny_causal_lm(tok, seed=0)
 
 
+def _qwen2(tok, attention: str, window: int | None, full_layers: int = 1):
+    """A tiny Qwen2 with `attention` and, with `window`, sliding-window attention of that width on the
+    layers from `full_layers` on (Qwen2's max_window_layers: [full, sliding] for 1)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         use_sliding_window=window is not None, sliding_window=window, max_window_layers=full_layers,
+                         pad_token_id=tok.pad_token_id, attn_implementation=attention)
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(config)
+
+
 def _batch(tok, prompt_pad: bool, completion_pad: bool):
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(10, 300, (3, 9), generator=gen)
@@ -87,11 +100,67 @@ def test_shared_prefix_gradients_equal_plain_path(tiny, prompt_pad, completion_p
                                part.completion_mask, plain[0][:5], atol=1e-5, rtol=0)
 
 
-def test_prefix_sharing_needs_maskable_attention():
+# eager attention adds the mask to its scores (a boolean mask there masked nothing: 0.21 off); a
+# sliding window of 4 over 16-token rows, on one layer of two or on both (one mask for all layers
+# lost the window: 0.27 off)
+MODEL_CASES = [("sdpa", None, 1), ("eager", None, 1), ("sdpa", 4, 1), ("eager", 4, 1), ("sdpa", 4, 0), ("eager", 3, 0)]
+
+
+@pytest.mark.parametrize("attention,window,full_layers", MODEL_CASES)
+def test_shared_prefix_equals_plain_path_for_every_attention_and_window(attention, window, full_layers):
+    tok = build_tokenizer()
+    model = _qwen2(tok, attention, window, full_layers)
+    assert model.config._attn_implementation == attention
+    batch = _batch(tok, True, True)
+    plain = _logp_and_grads(model, CausalLMAdapter(tok, prefix_sharing=False), batch)
+    shared = _logp_and_grads(model, CausalLMAdapter(tok, prefix_sharing=True), batch)
+    torch.testing.assert_close(shared[0], plain[0], atol=1e-5, rtol=0)
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(shared[1][name], grad, atol=1e-5, rtol=0, msg=name)
+
+
+def test_sliding_window_mask_by_hand():
+    """Window 2 on a packed row [p0 p1 | a0 a1 | b0 b1]: a1 (index 3 in its own row) sees p1? no
+    (3 - 1 = 2 is not < 2), a0 and itself; b0 (index 2) sees p1 and itself, never a0."""
+    from mmrl.core.prefix import model_attention_mask
+
+    tok = build_tokenizer()
+    model = _qwen2(tok, "sdpa", 2, full_layers=1)
+    packed = pack_groups(torch.tensor([[5, 6], [5, 6]]), torch.ones(2, 2), torch.tensor([[7, 8], [9, 10]]),
+                         torch.ones(2, 2), torch.tensor([0, 0]))
+    masks = model_attention_mask(packed, model)
+    assert set(masks) == {"full_attention", "sliding_attention"}
+    sliding, full = masks["sliding_attention"][0, 0].int(), masks["full_attention"][0, 0].int()
+    assert full[3].tolist() == [1, 1, 1, 1, 0, 0] and sliding[3].tolist() == [0, 0, 1, 1, 0, 0]
+    assert sliding[4].tolist() == [0, 1, 0, 0, 1, 0]
+    eager = model_attention_mask(packed, _qwen2(tok, "eager", None))
+    assert eager.dtype == torch.float32 and eager[0, 0, 3].tolist()[:4] == [0.0] * 4
+    assert eager[0, 0, 3, 4].item() == torch.finfo(torch.float32).min
+
+
+def test_prefix_sharing_needs_maskable_attention_and_known_layers():
     flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
     assert not use_prefix_sharing(True, flash)
     assert use_prefix_sharing(True, SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa")))
     assert not use_prefix_sharing(False, SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa")))
+    chunked = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa",
+                                                     layer_types=["chunked_attention", "full_attention"]))
+    assert not use_prefix_sharing(True, chunked)
+
+
+def test_an_empty_prompt_is_never_packed(tiny):
+    """A group whose prompt has no token: its first completion token has nothing to be predicted
+    from; packed, it would read the previous packed row's last position."""
+    from mmrl.core.prefix import worth_packing
+
+    tok, model = tiny
+    batch = _batch(tok, True, True)
+    batch.prompt_mask[3:5] = 0  # group 1 (rows 3, 4) loses its prompt
+    assert not worth_packing(batch, model)
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack_groups(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, batch.group_ids)
+    plain = CausalLMAdapter(tok, prefix_sharing=False).log_probs(model, batch)
+    torch.testing.assert_close(CausalLMAdapter(tok, prefix_sharing=True).log_probs(model, batch), plain)
 
 
 def test_shared_prompt_cache_samples_the_same_completions(tiny):
@@ -134,6 +203,22 @@ def test_packing_only_where_it_costs_fewer_flops():
     assert packing_pays(mask, 256, groups, 4096)
     assert not packing_pays(mask, 4096, groups, 4096)
     assert not packing_pays(mask[:1], 256, groups[:1], 4096)  # a group of one: nothing shared
+
+
+def test_packing_cost_counts_the_padding_of_packed_rows():
+    """Both forwards pad to their widest row. d = 64, C = 32: one group of 8 with a 64-token prompt
+    and seven single rows with 8-token prompts (block width 64). Plain: 15 rows of 96,
+    15 (96 + 96^2 / 384) = 1800. Packed: 8 rows padded to 64 + 8 * 32 = 320,
+    8 (320 + 320^2 / 384) = 4693 > 1800. Counted without padding, packed 587 + 7 x 44 = 896 was below
+    plain 960 + 7 x 44 = 1269, and the batch was packed."""
+    from mmrl.core.prefix import packing_pays
+
+    mask = torch.zeros(15, 64)
+    mask[:8] = 1
+    mask[8:, -8:] = 1
+    groups = torch.tensor([0] * 8 + list(range(1, 8)))
+    assert not packing_pays(mask, 32, groups, 64)
+    assert packing_pays(mask[:8], 32, groups[:8], 64)  # the group alone: 1 row of 320 = 587 < 8 rows of 96 = 960
 
 
 def test_the_gradient_tests_take_the_packed_path(tiny):

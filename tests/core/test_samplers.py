@@ -132,6 +132,7 @@ def test_vas_scores_weights_and_mixed_draws():
     bleus = [(1 / 3 * 0.05 * 0.1) ** (1 / 3)] * 3 + [(0.05 * 0.1) ** (1 / 3)]
     assert vas.vps[1] == pytest.approx(0.2 * (1 - sum(bleus) / 4))
     vas.vps[:] = [0.1, 0.1, 0.1, 0.5]  # only prompt 3 has weight after min-max normalisation
+    vas.scored[:] = True
     assert vas.weights().tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0])
     drawn = vas.sample(4)
     assert drawn.count(3) >= 2 and vas.last_weighted == 2  # floor(0.5 * 4) weighted draws, all prompt 3
@@ -141,3 +142,33 @@ def test_vas_scores_weights_and_mixed_draws():
     assert again.sample(4) == vas.sample(4)
     with pytest.raises(ValueError, match="completions"):
         vas.update([0], [[1.0]])
+
+
+def test_vas_unscored_prompts_take_the_mean_score_not_the_maximum():
+    """Prompts 0 and 1 scored (VPS 0.2 and 0.0), 2 and 3 never: with `unscored: mean` they count with
+    0.1 (weights [1, 0, .5, .5]); with `unscored: max` they keep the initial 0.8 * 0.25 + 0.2 = 0.4,
+    the highest VPS, and take all the weight; before any score the weights are uniform."""
+    from mmrl.core.samplers import build
+
+    same = [[5, 6, 7]] * 4
+    for unscored, expected in (("mean", [1.0, 0.0, 0.5, 0.5]), ("max", [0.5, 0.0, 1.0, 1.0])):
+        vas = build("vas", 4, seed=0, params={"unscored": unscored})
+        if unscored == "mean":
+            assert vas.weights().tolist() == [0.0] * 4 and vas.metrics()["vas/scored_fraction"] == 0
+        vas.update([0, 1], [[1, 0, 1, 0], [1, 1]], completions=[same, [[1, 2, 3]] * 2])  # 0.2, 0.0
+        assert vas.vps[:2].tolist() == pytest.approx([0.2, 0.0])
+        assert vas.weights().tolist() == pytest.approx(expected, abs=1e-6)
+    assert vas.metrics()["vas/scored_fraction"] == 0.5
+
+
+def test_self_bleu_edge_cases_equal_nltk():
+    """nltk 3.10.4 sentence_bleu, weights (1/3, 1/3, 1/3), SmoothingFunction().method1:
+    [1, 2] vs [[1, 2, 3]]: precisions 2/2, 1/1 and no trigram (0/1 smoothed to 0.1/1), brevity
+    exp(1 - 3/2): 0.1^(1/3) exp(-0.5) = 0.28153 (not 0). [7, 8, 9] vs [[1, 2, 3]]: no unigram in
+    common, and nltk returns 0 before smoothing (not 0.1^(1/3) 0.05^(1/3) 0.1^(1/3) = 0.0550)."""
+    from mmrl.core.diversity import sentence_bleu
+
+    assert sentence_bleu([1, 2], [[1, 2, 3]]) == pytest.approx(0.1 ** (1 / 3) * math.exp(-0.5))
+    assert sentence_bleu([1, 2], [[1, 2, 3]]) == pytest.approx(0.28153, abs=1e-5)
+    assert sentence_bleu([7, 8, 9], [[1, 2, 3]]) == 0.0
+    assert sentence_bleu([1, 2, 3, 4], [[1, 2, 3, 5]]) == pytest.approx(0.62996, abs=1e-5)

@@ -83,6 +83,7 @@ def test_vas_periodic_rescoring_runs_before_step_zero_and_every_t_steps(tmp_path
     params = "sampler.params={mix: 0.5, rescore_every: 2, rescore_group_size: 2, refresh_in_batch: false}"
     full, _ = run_text(tmp_path / "a", "trainer.max_steps=4", "trainer.save_every=2", params, method="vas")
     assert [r.get("vas/rescored_completions") for r in full.history] == [64, None, 64, None]  # 32 prompts x 2
+    assert [r["vas/scored_fraction"] for r in full.history] == [1.0] * 4  # every prompt scored before step 0
     run_text(tmp_path / "b", "trainer.max_steps=2", "trainer.save_every=2", params, method="vas")
     resumed, _ = run_text(tmp_path / "b", "trainer.max_steps=4", "trainer.save_every=2", params,
                           "resume_from=latest", method="vas")

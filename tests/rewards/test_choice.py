@@ -57,3 +57,66 @@ def test_thought_dropout_empties_the_think_with_probability_p():
     assert thought_dropout(["<answer>red</answer>"], 1.0, seed=0) == ["<answer>red</answer>"]
     with pytest.raises(ValueError, match="thought_dropout"):
         thought_dropout([target], 1.5, seed=0)
+
+
+# ---------------------------------------------------------------- the official parsers of the recipes
+def test_tw_grpo_official_parsing_differs_where_the_review_found():
+    """Gold "A,C". "(A)": official 0 (the item "(A)" is not "A"), lenient 0.5. Two answer tags A then B:
+    official reads the first (A: 0.5), lenient the last (B: 0). "C, A" is 1 both ways."""
+    fn = REWARDS.get("accuracy_choice_soft")
+    gold = [{"answer": "A,C"}] * 4
+    comps = ["<think>x</think><answer>(A)</answer>", "<answer>A</answer><answer>B</answer>",
+             "<think>x</think><answer>C, A</answer>", "<think>x</think><answer>A,B</answer>"]
+    assert fn(comps, gold, parse="official") == [0.0, 0.5, 1.0, 0.0]
+    assert fn(comps, gold) == [0.5, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="params.parse"):
+        fn(comps, gold, parse="strict")
+
+
+def test_ton_official_accuracy_first_answer_exact_or_math_verify():
+    """kokolerk/TON accuracy_reward: math-verify on the whole completion, else the first one-line
+    <answer> equal to the gold exactly."""
+    fn = REWARDS.get("accuracy_r1v")
+    rows = [
+        ({"answer": "3"}, "<think>count</think><answer>3</answer>", 1.0),
+        ({"answer": "\\frac{1}{2}"}, "<answer>\\frac{2}{4}</answer>", 1.0),  # math-verify on the whole text
+        ({"answer": "red"}, "<answer>red</answer><answer>blue</answer>", 1.0),  # the first answer
+        ({"answer": "red"}, "<answer>Red</answer>", 0.0),  # exact: case matters (accuracy_task: 1)
+        ({"answer": "cube"}, "<answer>\ncube</answer>", 0.0),  # the tag regex does not cross lines
+    ]
+    assert fn([c for _, c, _ in rows], [e for e, _, _ in rows]) == [s for _, _, s in rows]
+
+
+def test_format_modes_strip_and_unique_tags():
+    fn = REWARDS.get("format")
+    ton = dict(pattern=r"<think>.*?</think>\s*<answer>.*?</answer>", strip=False)
+    text = " <think></think><answer>1</answer>\n"  # leading space, trailing newline
+    assert fn([text]) == [1.0]  # lenient: stripped
+    assert fn([text], **ton) == [0.0]  # TON's code: the raw text must match whole
+    tw = dict(pattern=r"<think>.*?</think>\s*<answer>.*?</answer>[\s!]*$", mode="search",
+              unique_tags=["<think>", "<answer>"])
+    assert fn(["Sure. <think>a</think> <answer>A</answer> !"], **tw) == [1.0]  # search: text before is fine
+    assert fn(["<think>a</think><answer>A</answer><answer>B</answer>"], **tw) == [0.0]  # a second <answer>
+    assert fn(["<think>a</think><answer>A</answer><answer>B</answer>"]) == [1.0]  # lenient accepts it
+    with pytest.raises(ValueError, match="params.mode"):
+        fn([text], mode="find")
+
+
+def test_d1_and_igpo_reward_functions_by_hand():
+    """d1's GSM8K set and IGPO's xmlcount on one well-formed and one sloppy completion."""
+    good = "<reasoning>\n2 + 3 = 5\n</reasoning>\n<answer>\n5\n</answer>\n"
+    sloppy = "<reasoning>2 + 3</reasoning> <answer>5 apples</answer> and more"
+    examples = [{"answer": "5"}] * 2
+    assert REWARDS.get("accuracy_xml_exact")([good, sloppy], examples) == [1.0, 0.0]
+    assert REWARDS.get("answer_is_integer")([good, sloppy]) == [1.0, 0.0]
+    # good: all four tags once; after "\n</answer>\n" nothing (0), after "\n</answer>" one "\n" (1 - 1 = 0)
+    assert REWARDS.get("xmlcount_d1")([good, sloppy]) == pytest.approx([0.5, 0.0])
+    tail = good + "xyz"  # 3 characters after the answer: 0.5 - 0.003 - 0.003
+    assert REWARDS.get("xmlcount_d1")([tail]) == pytest.approx([0.494])
+    strict = dict(pattern=r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", mode="match", strip=False)
+    soft = dict(pattern=r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", mode="match", strip=False)
+    assert REWARDS.get("format")([good, sloppy], **strict) == [1.0, 0.0]
+    assert REWARDS.get("format")([good, sloppy], **soft) == [1.0, 1.0]
+    # IGPO: "<reasoning>\n", "</reasoning>", "<answer>\n", "</answer>" once each, + 0.25 for a \boxed{
+    boxed = "<reasoning>\nx\n</reasoning>\n<answer>\n\\boxed{5}\n</answer>"
+    assert REWARDS.get("xmlcount_igpo")([boxed, sloppy]) == pytest.approx([0.75, 0.25])

@@ -104,3 +104,37 @@ def test_synthetic_rows_and_skipped_corrupt_rows(tmp_path, caplog):
     with pytest.raises(ValueError, match="URL"):
         (tmp_path / "url.jsonl").write_text(json.dumps({"video": "https://x/y.mp4", "question": "q"}))
         load_video_examples(DataConfig(source=str(tmp_path / "url.jsonl")), cache.get)
+
+
+@pytest.mark.parametrize("height,width,sampling", [
+    # min = max = 63,504 (252^2): the 1.05 x min floor (66,679) must not lift the cap above max_pixels;
+    # qwen-vl-utils gives 168 x 308 = 51,744 (the old order gave 196 x 336 = 65,856 > 63,504)
+    (392, 672, dict(min_pixels=63504, max_pixels=63504)),
+    # 1080p under a 900k cap: the 768-token per-frame ceiling (602,112) binds: 560 x 1008, not 700 x 1260
+    (1080, 1920, dict(min_pixels=100352, max_pixels=900000)),
+    # 4 frames sharing 401,408 pixels: the per-frame cap is 401,408 / 4 * 2 = 200,704 -> 364 x 504
+    (480, 640, dict(min_pixels=3136, max_pixels=602112, total_pixels=401408)),
+])
+def test_frame_size_equals_qwen_vl_utils_on_the_same_video(tmp_path, monkeypatch, height, width, sampling):
+    """read_video against qwen_vl_utils.fetch_video (decord backend) on the same mp4 file."""
+    import numpy as np
+    from qwen_vl_utils import vision_process
+
+    monkeypatch.setattr(vision_process, "FORCE_QWENVL_VIDEO_READER", "decord")
+    frames = np.zeros((4, height, width, 3), dtype=np.uint8)
+    frames[:, : height // 2] = 200
+    path = write_mp4(tmp_path / "clip.mp4", frames, fps=2)
+    config = VideoConfig(fps=2.0, min_frames=4, max_frames=16, **sampling)
+    ours = read_video(path, config, factor=28).frames
+    theirs = vision_process.fetch_video({"video": str(path), "fps": 2.0, "min_frames": 4, "max_frames": 16,
+                                         **sampling}, image_patch_size=14)
+    assert tuple(ours.shape) == tuple(theirs.shape)
+    expected = {392: (168, 308), 1080: (560, 1008), 480: (364, 504)}[height]
+    assert tuple(ours.shape[-2:]) == expected
+
+
+def test_fixed_frame_size():
+    """DeepVideo-R1's 252 x 252 frames: a fixed size whatever the aspect ratio (pixel bounds ignored)."""
+    assert frame_size(480, 640, 16, VideoConfig(resized_height=252, resized_width=252), 28) == (252, 252)
+    with pytest.raises(ValueError, match="resized_height and resized_width"):
+        check_sampling(VideoConfig(resized_height=252))

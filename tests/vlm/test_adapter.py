@@ -213,3 +213,20 @@ def test_shared_prefix_forward_gives_the_plain_gradients(tok, family):
     out.completion_mask[1, 2:] = 0  # a short completion next to full-length ones
     assert (out.prompt_mask == 0).any()
     assert_shared_vision_gives_plain_gradients(adapter, model, out, switch="prefix_sharing")
+
+
+@pytest.mark.parametrize("attention,window", [("eager", None), ("sdpa", 8), ("eager", 8)])
+def test_shared_prefix_forward_under_eager_attention_and_a_sliding_window(tok, attention, window):
+    """The packed VLM forward with eager attention (an additive mask) and with Qwen2.5-VL's sliding
+    window on its second layer (8 tokens, shorter than every row): plain log-probs and gradients."""
+    overrides = {} if window is None else dict(use_sliding_window=True, sliding_window=window, max_window_layers=1)
+    model = build_tiny_vlm(tok, seed=0, attn_implementation=attention, text_overrides=overrides)
+    text_config = model.config.get_text_config()
+    assert text_config._attn_implementation == attention
+    assert ("sliding_attention" in text_config.layer_types) == (window is not None)
+    adapter = VLMAdapter(build_processor(tok), min_pixels=32 * 32, max_pixels=96 * 96)
+    exs = [example([img(64, 64)]), example([img(96, 64, (0, 90, 200)), img(32, 32)], "Which?")]
+    torch.manual_seed(0)
+    out = adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=6))
+    out.completion_mask[1, 2:] = 0
+    assert_shared_vision_gives_plain_gradients(adapter, model, out, switch="prefix_sharing")

@@ -1,0 +1,114 @@
+"""The trainer's update pieces on a tiny model in one process: old log-probs on the update's own
+micro-batches, split invariance of the whole update (LLDS included), KL as a reward penalty, and the
+config checks on the KL term and on sequence-level losses."""
+import logging
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from mmrl.config import load_config
+from mmrl.core import trainer
+from mmrl.models.tiny import build_tiny_causal_lm, build_tokenizer
+from mmrl.text import CausalLMAdapter
+from tests.distributed.ddp_update import global_batch, run_case
+
+
+@pytest.fixture
+def accelerator():
+    return Accelerator(cpu=True)
+
+
+def test_old_logprobs_come_from_the_update_micro_batches(accelerator):
+    """reg_grpo trains on whole groups (GA 3 over 4 groups: 4, 4, 8 rows); the old log-probs were
+    recorded on a row split (5, 5, 6), where packing differs, so the first inner ratio was not exactly 1
+    (4.8e-7 in fp32). Recorded on the update's split, they equal the update's first forward bit for bit."""
+    cfg = load_config(None, ["algorithm.loss=reg_grpo", "algorithm.num_iterations=2",
+                             "trainer.gradient_accumulation_steps=3", "rollout.max_new_tokens=6"])
+    tok = build_tokenizer()
+    model = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0)
+    adapter = CausalLMAdapter(tok, prefix_sharing=True)
+    batch = global_batch(len(tok))
+    trainer.record_behaviour_logps(cfg, accelerator, adapter, model, None, batch)
+    chunks = trainer.update_chunks(cfg, batch)
+    assert [len(c) for c in chunks] == [4, 4, 8]
+    for mb in chunks:
+        assert torch.equal(adapter.log_probs(model, mb), mb.old_logp)
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_update_does_not_depend_on_the_micro_batch_split(accelerator, aggregation):
+    """Two SGD steps (lr 1, no clipping) with KL and LLDS: one micro-batch vs an uneven 5 / 5 / 6 split.
+    LLDS normalised per micro-batch (the old code) scaled its gradient with the number of them."""
+    whole, split = run_case(accelerator, aggregation, 2, 1), run_case(accelerator, aggregation, 2, 3)
+    assert whole["llds_active"] > 0
+    assert split["loss"] == pytest.approx(whole["loss"], abs=1e-6)
+    for name, value in whole["params"].items():
+        torch.testing.assert_close(split["params"][name], value, atol=1e-5, rtol=0, msg=name)
+
+
+def test_kl_as_a_reward_penalty_by_hand():
+    """Two rows of two tokens (the second row's last token is padding), k1 KL: behaviour [-1, -2],
+    [-1, x], reference [-1.5, -1], [-0.5, y]: sum_t KL = 0.5 - 1 = -0.5 and -0.5. The column is -KL
+    = [0.5, 0.5] with weight beta, after the configured rewards."""
+    from mmrl.core.batch import RolloutBatch
+
+    cfg = load_config(None, ["algorithm.beta=0.1", "algorithm.kl_penalty=reward", "algorithm.kl_estimator=k1",
+                             "rewards=[{name: accuracy_math, weight: 2.0}]"])
+    batch = RolloutBatch(prompt_ids=torch.ones(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
+                         completion_ids=torch.ones(2, 2, dtype=torch.long), completion_mask=torch.tensor([[1, 1], [1, 0]]),
+                         group_ids=torch.tensor([0, 0]), rewards=torch.tensor([[1.0], [0.0]]), reward_names=["accuracy_math"],
+                         ref_logp=torch.tensor([[-1.5, -1.0], [-0.5, -9.0]]))
+    trainer.add_kl_reward_penalty(cfg, batch, torch.tensor([[-1.0, -2.0], [-1.0, -3.0]]))
+    assert batch.reward_names == ["accuracy_math", "kl_penalty"]
+    assert batch.rewards[:, 1].tolist() == [0.5, 0.5]
+    assert trainer.reward_weights(cfg) == [2.0, 0.1]
+    # the total the advantage sees: 2 r - beta KL = [2.05, 0.05]
+    from mmrl.core.advantages import combine_rewards
+    assert combine_rewards(batch.rewards, trainer.reward_weights(cfg)).tolist() == pytest.approx([2.05, 0.05])
+
+
+def test_kl_in_reward_leaves_no_kl_term_in_the_loss(accelerator):
+    """Zero advantages and a reference 0.5 nats below the policy on every token: the loss is beta k3
+    with kl_penalty: loss, and 0 with kl_penalty: reward (the KL went into the rewards instead)."""
+    tok = build_tokenizer()
+    losses_by_placement = {}
+    for placement in ("loss", "reward"):
+        cfg = load_config(None, ["algorithm.beta=0.5", f"algorithm.kl_penalty={placement}", "rollout.max_new_tokens=6"])
+        model = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0)
+        adapter = CausalLMAdapter(tok)
+        batch = global_batch(len(tok))
+        batch.advantages = torch.zeros(len(batch))
+        with torch.no_grad():
+            batch.ref_logp = adapter.log_probs(model, batch) - 0.5
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        stats = trainer.policy_update(cfg, accelerator, adapter, model, optimizer,
+                                      trainer.build_scheduler(optimizer, cfg.optim, 1), batch)
+        losses_by_placement[placement] = stats["loss"]
+    assert losses_by_placement["loss"] == pytest.approx(0.5 * (math.exp(-0.5) + 0.5 - 1), rel=1e-4)
+    assert losses_by_placement["reward"] == 0.0
+
+
+def test_kl_in_reward_runs_and_logs_its_column(tmp_path):
+    from tests.integration.helpers import run_text
+
+    log, _ = run_text(tmp_path, "trainer.max_steps=2", "algorithm.beta=0.05", "algorithm.kl_penalty=reward",
+                      "algorithm.kl_estimator=k1")
+    first, last = log.history
+    assert first["reward/kl_penalty/mean"] == 0.0  # the reference is the policy before the first update
+    assert math.isfinite(last["reward/kl_penalty/mean"]) and "kl" in last
+
+
+def test_kl_checks_warn_and_sequence_losses_take_their_aggregation(caplog):
+    caplog.set_level(logging.WARNING)
+    cfg = load_config(None, ["algorithm.beta=0.1", "algorithm.kl_estimator=k1"])
+    trainer.validate_kl_and_aggregation(cfg.algorithm)
+    assert "zero expected gradient" in caplog.text
+    cfg = load_config(None, ["algorithm.loss=gspo", "algorithm.aggregation=token-mean"])
+    trainer.validate_kl_and_aggregation(cfg.algorithm)
+    assert cfg.algorithm.aggregation == "seq-mean-token-mean" and "weight loss 'gspo'" in caplog.text
+    with pytest.raises(ValueError, match="algorithm.kl_penalty"):
+        trainer.validate_kl_and_aggregation(load_config(None, ["algorithm.kl_penalty=both"]).algorithm)
+    with pytest.raises(ValueError, match="algorithm.kl_clamp"):
+        trainer.validate_kl_and_aggregation(load_config(None, ["algorithm.kl_clamp=0"]).algorithm)
