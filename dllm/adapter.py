@@ -9,7 +9,7 @@ iteration (`mask_iteration`, set by the trainer: `fresh_masks`), so the old, ref
 policies see identical masks. The G completions of a prompt share their seed (common random
 numbers: tokens they have in common at the same positions are masked alike, so their terms cancel
 in the group-relative update rather than adding noise). Rows rolled out with fixed hint tokens (IGPO) carry
-`extras["hint_mask"]` [N, C].
+`extras["hint_mask"]` [N, C] (every pinned position, before or after the first EOS).
 
 What is masked and what the loss counts: the sampler fills a canvas of `max_new_tokens` tokens, the
 answer followed by EOS padding. Every estimator draws its masks over the whole canvas: scoring with
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from dllm.estimators import ESTIMATORS, estimate
-from dllm.sampler import block_schedule, generate_blocks
+from dllm.sampler import CONFIDENCES, block_schedule, generate_blocks
 from mmrl.core.adapter import completion_mask_from_eos
 from mmrl.core.batch import RolloutBatch
 from mmrl.text.adapter import ChatPrompts
@@ -37,13 +37,16 @@ class MaskedDiffusionAdapter(ChatPrompts):
     def __init__(self, tokenizer, mask_token_id: int, block_length: int = 32, steps: int | None = None,
                  estimator: str = "one_step", estimator_params: dict | None = None, shift_logits: bool = False,
                  max_prompt_length: int = 512, logprob_chunk_rows: int = 4, sft_eps: float = 1e-3,
-                 sft_pad_to: int | None = None, loss_scope: str = "canvas"):
+                 sft_pad_to: int | None = None, loss_scope: str = "canvas", confidence: str = "sampled"):
         ESTIMATORS.check_params(estimator, estimator_params or {}, "model.diffusion.estimator_params",
                                 skip=("valid", "prompt_valid", "seed", "iteration"))
         self._setup_prompts(tokenizer, max_prompt_length)
         self.mask_token_id = mask_token_id
         self.block_length, self.steps = block_length, steps
         self.estimator, self.estimator_params = estimator, dict(estimator_params or {})
+        if confidence not in CONFIDENCES:
+            raise ValueError(f"model.diffusion.confidence={confidence!r}: use one of {list(CONFIDENCES)}")
+        self.confidence = confidence
         self.shift_logits = shift_logits
         self.logprob_chunk_rows = logprob_chunk_rows
         self.sft_eps, self.sft_pad_to = sft_eps, sft_pad_to
@@ -72,7 +75,8 @@ class MaskedDiffusionAdapter(ChatPrompts):
         completion = generate_blocks(model, prompt_ids, prompt_mask, gen_length, self.block_length, steps,
                                      self.mask_token_id, temperature=rollout_cfg.temperature,
                                      top_p=rollout_cfg.top_p if rollout_cfg.top_p < 1 else None,
-                                     top_k=rollout_cfg.top_k or None, fixed=fixed, shift_logits=self.shift_logits)
+                                     top_k=rollout_cfg.top_k or None, fixed=fixed, shift_logits=self.shift_logits,
+                                     confidence=self.confidence)
         model.train(was_training)
         completion = completion.cpu()
         completion_mask = completion_mask_from_eos(completion, self.eos_token_ids)
@@ -80,8 +84,7 @@ class MaskedDiffusionAdapter(ChatPrompts):
         texts = self.tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)
         hint_mask = (fixed >= 0).cpu() if fixed is not None else torch.zeros_like(completion, dtype=torch.bool)
-        extras = {"mask_seed": self._new_seeds(len(examples)).repeat_interleave(sizes),
-                  "hint_mask": hint_mask & (completion_mask == 1)}
+        extras = {"mask_seed": self._new_seeds(len(examples)).repeat_interleave(sizes), "hint_mask": hint_mask}
         return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), completion_ids=completion,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)).repeat_interleave(sizes),
                             extras={**extras, **self._canvas_loss_mask(completion)},
@@ -122,11 +125,12 @@ class MaskedDiffusionAdapter(ChatPrompts):
     def sft_loss(self, model, batch: RolloutBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """LLaDA's supervised loss: per row t ~ U(0, 1), p = (1 - eps) t + eps, each target token
         masked with probability p, the prompt never; cross-entropy / p on masked tokens, divided by
-        the target's length, averaged over rows. Targets are padded with EOS to `sft_pad_to` (the
-        rollout length) and the padding is trained on, so the model learns to fill the canvas after
-        its answer with EOS, as LLaDA's SFT does."""
-        if self.sft_pad_to is not None and batch.completion_ids.shape[1] < self.sft_pad_to:
-            extra = self.sft_pad_to - batch.completion_ids.shape[1]
+        the target's length, averaged over rows. With `sft_pad_to` (the rollout length) every target
+        is padded with EOS to that width (or to the longest target's, if longer) and the padding is
+        trained on, so the model learns to fill the canvas after its answer with EOS, as LLaDA's SFT
+        does; every row's length is then the full width."""
+        if self.sft_pad_to is not None:  # every row to the canvas width (or the longest target), EOS-padded
+            extra = max(self.sft_pad_to - batch.completion_ids.shape[1], 0)
             ids = torch.nn.functional.pad(batch.completion_ids.masked_fill(batch.completion_mask == 0,
                                                                            self.eos_token_ids[0]),
                                           (0, extra), value=self.eos_token_ids[0])

@@ -10,7 +10,16 @@ reveals a fraction eta_g ~ U[eta_low, eta_high] of them (the eta sorted ascendin
 hiding int(n (1 - eta)) chunks at random; revealed chunks are placed with their offsets scaled by
 f = clamp((gen_length - free_tail) / |ref|, 1, 1.5), gaps capped at max_spacing, cut at the canvas end.
 Which hint tokens train (the code): among a sample's hint positions only the max(1, floor(tau n))
-with the highest predictive entropy keep their loss; non-hint tokens always train.
+with the highest predictive entropy keep their loss; non-hint tokens always train. Replacements are
+drawn at random among the group's correct inpainted samples.
+Loss scope (`loss_scope`): `answer` (default) trains the tokens up to the first EOS minus the
+filtered hints, and GSPO's sequence ratio averages over those; `canvas` is the official code's
+(trainer_igpo.py with use_gspo and d1 masking): the loss counts every canvas position minus the
+filtered hints (EOS padding included), and the sequence ratio is exp(mean over all T positions),
+filtered hints included. (The official code then takes a token-mean of the broadcast sequence loss
+over the kept positions; here each sequence weighs 1 / N, seq-mean-token-mean, which differs only by
+the filtered hint counts of inpainted rows.) The reference can start with `reference_prefix`
+(the official code prepends "<reasoning>\n" to MetaMathQA's response).
 Paper and code disagree on the answer: the paper keeps final-answer tokens out of the hints, the
 code always reveals the last chunk (`inpaint_last_chunk_end`), which may hold it. `reveal_last_chunk`
 picks: False (default) hides the last chunk, as the paper intends; True is the code's behaviour.
@@ -82,9 +91,11 @@ def entropy_filtered_mask(hint_mask: torch.Tensor, entropy: torch.Tensor, fracti
 
 def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) -> tuple[RolloutBatch, dict]:
     """Rescue this rank's all-wrong groups; returns (batch, metrics). The batch gets
-    extras['loss_mask'] (the entropy filter on hint tokens, within the adapter's loss tokens)
-    whenever inpainting is on."""
+    extras['loss_mask'] (the entropy filter on hint tokens, within the scope's tokens) whenever
+    inpainting is on, and with `loss_scope: canvas` extras['ratio_mask'] (every canvas position)."""
     icfg = cfg.inpainting
+    if icfg.loss_scope not in ("answer", "canvas"):
+        raise ValueError(f"inpainting.loss_scope: '{icfg.loss_scope}' is not 'answer' or 'canvas' (the official code's)")
     correct = batch.rewards[:, 0].cpu() >= icfg.correct_threshold
     starts = group_starts(batch.group_ids.cpu()).tolist()
     bounds = list(zip(starts, starts[1:] + [len(batch)]))
@@ -92,6 +103,10 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
              and str(batch.examples[a].get("solution", "")).strip()]
     stats = {"igpo/all_wrong_groups": sum(1 for a, b in bounds if not correct[a:b].any()),
              "igpo/rescued_groups": 0, "igpo/replaced_samples": 0}
+    canvas_scope = icfg.loss_scope == "canvas"
+    if canvas_scope:
+        batch.extras["loss_mask"] = torch.ones_like(batch.completion_mask)
+        batch.extras["ratio_mask"] = torch.ones_like(batch.completion_mask)
     batch.extras.setdefault("loss_mask", batch.completion_mask.clone())
     if not wrong:
         return batch, stats
@@ -101,7 +116,8 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
     for g in wrong:
         a, b = bounds[g]
         example = batch.examples[a]
-        reference = adapter.tokenizer(str(example["solution"]), add_special_tokens=False)["input_ids"]
+        reference = adapter.tokenizer(icfg.reference_prefix + str(example["solution"]),
+                                      add_special_tokens=False)["input_ids"]
         etas = sorted(rng.uniform(icfg.eta_low, icfg.eta_high) for _ in range(b - a))
         fixed += [hint_canvas(reference, gen_length, eta, icfg, rng) for eta in etas]
         examples.append(example)
@@ -115,7 +131,7 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
     for k, g in enumerate(wrong):
         a, b = bounds[g]
         rows = [redo_starts[k] + j for j in range(sizes[k]) if rewards[redo_starts[k] + j, 0] >= icfg.correct_threshold]
-        rows = rows[:math.floor(icfg.max_replace_fraction * sizes[k])]
+        rows = sorted(rng.sample(rows, min(len(rows), math.floor(icfg.max_replace_fraction * sizes[k]))))
         take_rows += rows
         put_rows += list(range(a, a + len(rows)))
         stats["igpo/rescued_groups"] += int(bool(rows))
@@ -127,8 +143,11 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
     chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
     with torch.no_grad():
         _, entropy = adapter.log_probs(accelerator.unwrap_model(model), chosen.to(accelerator.device), with_entropy=True)
-    chosen.extras["loss_mask"] = loss_mask(chosen).cpu() * entropy_filtered_mask(
-        chosen.extras["hint_mask"].cpu(), entropy.cpu(), icfg.entropy_fraction)
+    hints = chosen.extras["hint_mask"].cpu()
+    scope = torch.ones_like(chosen.completion_mask).cpu() if canvas_scope else loss_mask(chosen).cpu()
+    chosen.extras["loss_mask"] = scope * entropy_filtered_mask(hints & scope.bool(), entropy.cpu(), icfg.entropy_fraction)
+    if canvas_scope:
+        chosen.extras["ratio_mask"] = torch.ones_like(chosen.completion_mask).cpu()
     batch = replace_rows(batch, torch.tensor(put_rows), chosen)
     return batch, stats
 

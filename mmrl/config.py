@@ -76,6 +76,7 @@ class DiffusionConfig:
     mask_token_id: int | None = None  # None: the model config's, else the tokenizer's (LLaDA-8B 126336, Dream 151666)
     block_length: int = 32  # semi-autoregressive blocks; rollout.max_new_tokens must be a multiple
     steps: int | None = None  # denoising steps over the whole completion (None: max_new_tokens / 2)
+    confidence: str = "sampled"  # what ranks positions for commit: the sampled token's tempered probability (sampled) or its untempered one (model: LLaDA's low_confidence)
     estimator: str = "one_step"  # one_step (d1) | elbo_mc | elbo_sdmc (GDPO)
     estimator_params: dict = field(default_factory=dict)  # one_step: p_mask_prompt; elbo_mc: passes, eps; elbo_sdmc: nodes, masks_per_node
     shift_logits: bool = False  # Dream-style models: position i-1 predicts token i
@@ -218,6 +219,8 @@ class InpaintingConfig:
     entropy_fraction: float = 0.2  # tau: hint tokens that train = the top max(1, floor(tau n)) by entropy
     reveal_last_chunk: bool = False  # the official code always reveals the last chunk (which may hold the answer); the paper hides the answer
     correct_threshold: float = 1.0  # a sample is correct when the first reward is >= this
+    loss_scope: str = "answer"  # answer: loss and GSPO ratio over the tokens up to the first EOS; canvas: the official code's (every canvas position), see dllm/igpo.py
+    reference_prefix: str = ""  # prepended to the reference solution before chunking (official: "<reasoning>\n")
 
 
 @dataclass

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import re
 
+from mmrl.rewards.format import format_reward
 from mmrl.rewards.registry import REWARDS
+
+STRICT_XML = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$"
+SOFT_XML = r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>"
 
 
 def xml_answer(text: str) -> str:
@@ -58,3 +62,17 @@ def xmlcount_igpo(completions, examples=None, completion_lengths=None):
         count = sum(0.125 for tag in ("<reasoning>\n", "</reasoning>", "<answer>\n", "</answer>") if text.count(tag) == 1)
         out.append(count + (0.25 if _BOXED.search(text) else 0.0))
     return out
+
+
+@REWARDS.register("format_strict_xml")
+def format_strict_xml(completions, examples=None, completion_lengths=None):
+    """d1's `strict_format_reward_func`: re.match of ^<reasoning>\\n.*?\\n</reasoning>\\n<answer>\\n.*?\\n</answer>\\n$
+    on the raw text (d1 scores 0.5: weight 0.5)."""
+    return format_reward(completions, pattern=STRICT_XML, mode="match", strip=False)
+
+
+@REWARDS.register("format_soft_xml")
+def format_soft_xml(completions, examples=None, completion_lengths=None):
+    """d1's `soft_format_reward_func`: re.match of <reasoning>.*?</reasoning>\\s*<answer>.*?</answer> on the raw
+    text, from its start (d1 scores 0.5: weight 0.5)."""
+    return format_reward(completions, pattern=SOFT_XML, mode="match", strip=False)

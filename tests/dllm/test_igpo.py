@@ -70,5 +70,84 @@ def test_all_wrong_group_is_rescued_on_the_tiny_model():
     assert out.example_index.tolist() == [0] * 4 + [1] * 4
     hints = out.extras["hint_mask"][:2]
     assert hints.any() and not out.extras["hint_mask"][2:].any()
-    # hint tokens outside the top-entropy fifth leave the loss; other tokens stay
-    assert (out.extras["loss_mask"][:2][hints] == 0).any() and (out.extras["loss_mask"][:2][~hints] == 1).all()
+    # hint tokens outside the top-entropy fifth leave the loss; other tokens keep the answer scope's mask
+    assert (out.extras["loss_mask"][:2][hints] == 0).any()
+    assert torch.equal(out.extras["loss_mask"][:2][~hints], out.completion_mask[:2][~hints])
+
+
+def _all_wrong_group(extra=()):
+    """A tiny model and one all-wrong group of 4 whose prompt has a reference solution."""
+    import dllm
+    cfg = load_config(None, ["model.modality=dllm", "model.name_or_path=tiny", "rollout.max_new_tokens=16",
+                             "model.diffusion.block_length=8", "model.diffusion.steps=8", "rollout.group_size=4",
+                             "inpainting.enabled=true", "inpainting.min_chunk=2", "inpainting.max_chunk=3",
+                             "inpainting.free_tail=2", "rewards=[{name: format, params: {pattern: '.*'}}]", *extra])
+    model, adapter = dllm.build(cfg, training=False)
+    examples = [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5",
+                 "solution": "<answer>5</answer> because 2 + 3 = 5"}]
+    batch = adapter.generate(model, examples, 4, cfg.rollout)
+    batch.rewards, batch.reward_names = torch.zeros(4, 1), ["format"]
+    batch.example_index = torch.zeros(4, dtype=torch.long)
+    return cfg, model, adapter, batch
+
+
+def _with_redo_rewards(monkeypatch, adapter, rewards):
+    """Inpainted samples get `rewards` (their first column); returns the dict that receives them."""
+    import dllm.igpo
+
+    seen = {}
+    generate = adapter.generate
+
+    def recording(*args, **kwargs):
+        seen["redo"] = generate(*args, **kwargs)
+        return seen["redo"]
+
+    def scored(reward_cfgs, batch):
+        batch.rewards, batch.reward_names = torch.tensor(rewards)[:, None], ["format"]
+        return 0
+
+    monkeypatch.setattr(adapter, "generate", recording)
+    monkeypatch.setattr(dllm.igpo, "score_batch", scored)
+    return seen
+
+
+def test_only_correct_inpainted_samples_replace_and_which_ones_is_random(monkeypatch):
+    """The reward rejects inpainted samples 1 and 3: with lambda = 1 only samples 0 and 2 replace (the
+    group's first two slots); with lambda = 0.25 one of them, drawn at random (both over 12 steps;
+    the first correct one every time before)."""
+    cfg, model, adapter, batch = _all_wrong_group(["inpainting.max_replace_fraction=1.0"])
+    seen = _with_redo_rewards(monkeypatch, adapter, [1.0, 0.0, 1.0, 0.0])
+    out, stats = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
+    assert stats["igpo/replaced_samples"] == 2 and stats["igpo/rescued_groups"] == 1
+    assert torch.equal(out.completion_ids[:2], seen["redo"].completion_ids[[0, 2]])
+    assert out.rewards[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    cfg.inpainting.max_replace_fraction = 0.25
+    picked = set()
+    for step in range(12):
+        out, stats = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch.select(torch.arange(4)), step=step)
+        assert stats["igpo/replaced_samples"] == 1
+        redo = seen["redo"].completion_ids
+        picked |= {j for j in (0, 2) if torch.equal(out.completion_ids[0], redo[j])}
+    assert picked == {0, 2}
+
+
+def test_official_loss_scope_counts_every_canvas_position(monkeypatch):
+    """`loss_scope: canvas` (trainer_igpo.py): every row's GSPO ratio averages over all 16 canvas
+    positions (ratio_mask), and the loss counts every position, EOS padding included, except the hint
+    tokens the entropy filter drops, wherever they sit; `answer` keeps the tokens up to the first EOS."""
+    cfg, model, adapter, batch = _all_wrong_group(["inpainting.loss_scope=canvas", "inpainting.max_replace_fraction=1.0"])
+    _with_redo_rewards(monkeypatch, adapter, [1.0, 1.0, 1.0, 1.0])
+    out, stats = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
+    assert stats["igpo/replaced_samples"] == 4
+    assert out.extras["ratio_mask"].tolist() == [[1] * 16] * 4
+    hints = out.extras["hint_mask"]
+    assert hints.any()
+    assert (out.extras["loss_mask"][~hints] == 1).all() and (out.extras["loss_mask"][hints] == 0).any()
+    for r in range(4):  # max(1, floor(0.2 n)) of each row's n hint tokens train
+        n = int(hints[r].sum())
+        assert int(out.extras["loss_mask"][r][hints[r]].sum()) == max(1, int(0.2 * n))
+    cfg.inpainting.loss_scope = "answer"
+    _, _, _, batch = _all_wrong_group()
+    out, _ = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
+    assert "ratio_mask" not in out.extras
+    assert (out.extras["loss_mask"] <= out.completion_mask).all()

@@ -161,3 +161,18 @@ def test_loss_scope_chooses_the_tokens_the_loss_counts(estimator, scope, canvas_
     assert torch.equal(loss_mask(batch), expected)
     with pytest.raises(ValueError, match="model.diffusion.loss_scope"):
         dllm.build(load_config(CONFIG, ["model.diffusion.loss_scope=tail"]), training=False)
+
+
+def test_a_per_token_kl_on_elbo_terms_is_refused(tmp_path):
+    """GDPO's ELBO terms are (w / t) log p at masked positions: k3 on them is not a KL. beta > 0 with an
+    ELBO estimator is refused unless the KL is the reward's k1 (the ELBO difference); one_step keeps it."""
+    import dllm
+    from mmrl.config import load_config
+
+    with pytest.raises(ValueError, match="not a KL"):
+        dllm.check_kl(load_config(CONFIG, [*SDMC, "algorithm.beta=0.04"]))
+    dllm.check_kl(load_config(CONFIG, [*SDMC, "algorithm.beta=0.04", "algorithm.kl_penalty=reward",
+                                       "algorithm.kl_estimator=k1"]))
+    dllm.check_kl(load_config(CONFIG, ["algorithm.beta=0.04"]))  # one_step: per-token log-probs
+    with pytest.raises(ValueError, match="algorithm.beta"):
+        run(tmp_path, "trainer.max_steps=1", *SDMC, "algorithm.beta=0.04")

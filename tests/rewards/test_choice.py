@@ -113,10 +113,8 @@ def test_d1_and_igpo_reward_functions_by_hand():
     assert REWARDS.get("xmlcount_d1")([good, sloppy]) == pytest.approx([0.5, 0.0])
     tail = good + "xyz"  # 3 characters after the answer: 0.5 - 0.003 - 0.003
     assert REWARDS.get("xmlcount_d1")([tail]) == pytest.approx([0.494])
-    strict = dict(pattern=r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", mode="match", strip=False)
-    soft = dict(pattern=r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", mode="match", strip=False)
-    assert REWARDS.get("format")([good, sloppy], **strict) == [1.0, 0.0]
-    assert REWARDS.get("format")([good, sloppy], **soft) == [1.0, 1.0]
+    assert REWARDS.get("format_strict_xml")([good, sloppy]) == [1.0, 0.0]
+    assert REWARDS.get("format_soft_xml")([good, sloppy, " " + good]) == [1.0, 1.0, 0.0]  # re.match: from the start
     # IGPO: "<reasoning>\n", "</reasoning>", "<answer>\n", "</answer>" once each, + 0.25 for a \boxed{
     boxed = "<reasoning>\nx\n</reasoning>\n<answer>\n\\boxed{5}\n</answer>"
     assert REWARDS.get("xmlcount_igpo")([boxed, sloppy]) == pytest.approx([0.75, 0.25])
