@@ -4,7 +4,7 @@ The tiny mask predictor gets a short LLaDA-style SFT warm-up on the synthetic ad
 predictions are not uniform), then one sequence's log-likelihood is estimated `--repeats` times
 (independent mask seeds) by each estimator with 1, 2, 4, 8, 16 forward passes:
   elbo_mc    `passes` draws of (t, Bernoulli mask), weight 1/t        (double Monte Carlo)
-  elbo_sdmc  `passes` Gauss-Legendre nodes, one exact-floor(tL) mask each, weight w/t   (GDPO)
+  elbo_sdmc  `passes` Gauss-Legendre nodes, one Bernoulli(t) mask each, weight w/t     (GDPO)
   one_step   mean of `passes` draws of d1's fully-masked-completion log-prob (fresh prompt masks);
              a different quantity (a mean-field bound), listed for its variance only
 Two completions, each padded with EOS to `--length` tokens (LLaDA's canvas: the padding is part of

@@ -141,6 +141,7 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
     chosen = redo.select(torch.tensor(take_rows))
     chosen.example_index, chosen.group_ids = batch.example_index[put_rows].cpu(), batch.group_ids[put_rows].cpu()
     chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
+    adapter.mask_iteration = 0  # the first inner iteration's masks (not the last step's leftover iteration)
     with torch.no_grad():
         _, entropy = adapter.log_probs(accelerator.unwrap_model(model), chosen.to(accelerator.device), with_entropy=True)
     hints = chosen.extras["hint_mask"].cpu()

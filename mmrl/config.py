@@ -242,6 +242,9 @@ class SFTConfig:
     batch_size: int = 16
     target_template: str = "{solution}"
     thought_dropout: float = 0.0  # TON: probability that a target's <think> content becomes empty ("\n\n")
+    sampling: str = "replacement"  # replacement: each batch drawn uniformly; epochs: shuffled passes over the data (as LLaMA-Factory)
+    scheduler: str = "constant"  # constant | cosine (to 0 over sft.steps, after the warm-up)
+    warmup_ratio: float = 0.0  # linear warm-up over this fraction of sft.steps
 
 
 @dataclass

@@ -62,11 +62,13 @@ class DifficultyAugmentation:
                    hint_template=aug_cfg.hint_template, noise_scale=aug_cfg.noise_scale, noise_max=aug_cfg.noise_max)
 
     def difficulties(self, group_means: list[float]) -> list[float]:
-        """dR of each group against the buffer as it is now (all 0 while the buffer is empty)."""
+        """dR of each group against the buffer as it is now (all 0 while the buffer is empty). A gap
+        below 1e-6 is float rounding between the float32 group means and the buffer's average (e.g.
+        -3e-8 for equal rewards), not a difficulty: it counts as 0, so min_gap 0 never re-rolls it."""
         if not self.buffer:
             return [0.0] * len(group_means)
         reference = sum(self.buffer) / len(self.buffer)
-        return [reference - m for m in group_means]
+        return [0.0 if abs(reference - m) < 1e-6 else reference - m for m in group_means]
 
     def push(self, group_means: list[float]) -> None:
         self.buffer.extend(group_means)

@@ -29,7 +29,7 @@ def rescore_prompts(cfg, accelerator, adapter, model, examples: list[dict], samp
     mine = list(range(rank, len(examples), world))
     per_call = max(1, cfg.trainer.prompts_per_step // world)
     results = []
-    with unwrapped_for_generation(accelerator, model) as policy:  # one gather under ZeRO-3, not one per call
+    with unwrapped_for_generation(accelerator, model) as policy:
         for start in tqdm(range(0, len(mine), per_call), desc="rescore prompts", leave=False,
                           disable=not accelerator.is_local_main_process):
             chunk = mine[start:start + per_call]

@@ -5,11 +5,11 @@ with its own AdamW, each rank taking its share of every global batch.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 
 import torch
-from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from mmrl.core.losses import seq_mean_token_mean
@@ -31,13 +31,40 @@ def thought_dropout(targets: list[str], p: float, seed: int) -> list[str]:
             for t in targets]
 
 
+def sft_batches(num_examples: int, batch_size: int, steps: int, sampling: str, generator: torch.Generator):
+    """The example indices of each step's global batch: drawn uniformly with replacement, or
+    (`epochs`) consecutive slices of shuffled passes over the data, a new permutation each pass."""
+    if sampling not in ("replacement", "epochs"):
+        raise ValueError(f"sft.sampling: '{sampling}' is not 'replacement' or 'epochs'")
+    stream: list[int] = []
+    for _ in range(steps):
+        if sampling == "replacement":
+            yield torch.randint(num_examples, (batch_size,), generator=generator)
+            continue
+        while len(stream) < batch_size:
+            stream += torch.randperm(num_examples, generator=generator).tolist()
+        yield torch.tensor(stream[:batch_size])
+        stream = stream[batch_size:]
+
+
+def sft_lr_factor(step: int, steps: int, scheduler: str, warmup_ratio: float) -> float:
+    """The learning-rate multiplier at 0-based `step`: linear warm-up over warmup_ratio x steps, then
+    constant or a cosine decay to 0 at the last step (LLaMA-Factory's cosine with warm-up ratio)."""
+    if scheduler not in ("constant", "cosine"):
+        raise ValueError(f"sft.scheduler: '{scheduler}' is not 'constant' or 'cosine'")
+    warmup = int(math.ceil(warmup_ratio * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    if scheduler == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) -> list[float]:
     """`cfg.sft.steps` steps of next-token cross-entropy on completions `sft.target_template` (or the
-    adapter's own `sft_loss`, e.g. masked diffusion)."""
+    adapter's own `sft_loss`, e.g. masked diffusion), batches by `sft.sampling`, learning rate by
+    `sft.scheduler` / `sft.warmup_ratio`."""
     s = cfg.sft
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise NotImplementedError("sft.steps > 0 is not supported under DeepSpeed; run the warm-up separately "
-                                  "and start RL from its checkpoint (sft.steps=0)")
     world, rank = accelerator.num_processes, accelerator.process_index
     if s.batch_size % world:
         raise ValueError(f"sft.batch_size={s.batch_size} must be divisible by the {world} processes")
@@ -49,11 +76,14 @@ def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) ->
         targets = thought_dropout(targets, s.thought_dropout, cfg.trainer.seed)
     generator = torch.Generator().manual_seed(cfg.trainer.seed + 1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: sft_lr_factor(step, s.steps, s.scheduler, s.warmup_ratio))
     per_rank = s.batch_size // world
     losses = []
     model.train()
+    batches = sft_batches(len(examples), s.batch_size, s.steps, s.sampling, generator)
     for _ in tqdm(range(s.steps), desc="sft warm-up", disable=not accelerator.is_local_main_process):
-        idx = torch.randint(len(examples), (s.batch_size,), generator=generator)[rank * per_rank:(rank + 1) * per_rank]
+        idx = next(batches)[rank * per_rank:(rank + 1) * per_rank]
         batch = adapter.encode([examples[i] for i in idx], [targets[i] for i in idx]).to(accelerator.device)
         if hasattr(adapter, "sft_loss"):  # e.g. masked diffusion: LLaDA's masked-token loss
             loss = adapter.sft_loss(model, batch, generator=generator)
@@ -63,6 +93,7 @@ def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) ->
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     accelerator.print(f"sft warm-up: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {s.steps} steps")

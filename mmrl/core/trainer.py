@@ -1,4 +1,4 @@
-"""The group-relative training loop on HuggingFace accelerate (DDP / DeepSpeed through accelerate configs).
+"""The group-relative training loop on HuggingFace accelerate (DDP; FSDP and DeepSpeed are refused).
 
 One step:  the sampler draws the global prompts (and their group sizes) -> each rank generates its
 share of groups (adapter.generate) and scores them (configured reward functions; a refilling
@@ -60,8 +60,14 @@ def make_accelerator(cfg) -> Accelerator:
             f"{accelerator.num_processes}: they would train unsynchronised copies. On CPU launch with "
             "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`")
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise NotImplementedError("FSDP rollouts are not supported yet: use DDP or a DeepSpeed (ZeRO 1-3) "
-                                  "accelerate config")
+        raise NotImplementedError("FSDP rollouts are not supported yet: use DDP (an accelerate config without "
+                                  "fsdp_config)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # with gradient accumulation accelerate's backward steps the engine on every micro-batch, and a
+        # deep copy of a ZeRO-3 model (the reference) holds only its shards: neither is tested
+        raise NotImplementedError("DeepSpeed is not supported: its engine steps inside backward on every "
+                                  "micro-batch and its ZeRO-3 shards break the reference copy. Use DDP (an "
+                                  "accelerate config without deepspeed_config)")
     return accelerator
 
 

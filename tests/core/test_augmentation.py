@@ -21,6 +21,17 @@ def test_difficulty_is_buffer_mean_minus_group_mean():
     assert list(restored.buffer) == [0.5, 1.0, 1.0]
 
 
+def test_float_rounding_is_no_difficulty():
+    """Rewards equal to the buffer's, averaged in float32 (0.1 -> 0.10000000149): a gap of 1.5e-9, which
+    with min_gap 0 re-rolled the group with noise sigma ~ 1e-9 before; now no augmentation."""
+    aug = DifficultyAugmentation(window=3, min_gap=0.0)
+    aug.push([0.1, 0.1, 0.1])
+    mean = torch.tensor([0.1, 0.1]).mean().item()
+    assert aug.difficulties([mean]) == [0.0]
+    assert aug.hint_fraction(0.0) == 0.0 and aug.noise_sigma(0.0) == 0.0
+    assert aug.difficulties([0.1 + 2e-6]) == pytest.approx([-2e-6])  # a real gap stays
+
+
 def test_hint_and_noise_maps_are_linear_and_capped():
     aug = DifficultyAugmentation(hint_scale=1.0, hint_max=0.8, noise_scale=0.3, noise_max=0.2, min_gap=0.1)
     assert aug.hint_fraction(0.25) == 0.25 and aug.hint_fraction(0.95) == 0.8

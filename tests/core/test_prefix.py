@@ -85,15 +85,22 @@ def _logp_and_grads(model, adapter, batch):
     return logp.detach() * batch.completion_mask, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("prompt_pad,completion_pad", [(False, False), (True, True), (True, False)])
-def test_shared_prefix_gradients_equal_plain_path(tiny, prompt_pad, completion_pad):
-    tok, model = tiny
-    batch = _batch(tok, prompt_pad, completion_pad)
+def assert_packed_equals_plain(tok, model, batch):
+    """Log-probs and every parameter's gradient of the packed forward equal the plain one's; returns
+    the plain (log-probs, gradients)."""
     plain = _logp_and_grads(model, CausalLMAdapter(tok, prefix_sharing=False), batch)
     shared = _logp_and_grads(model, CausalLMAdapter(tok, prefix_sharing=True), batch)
     torch.testing.assert_close(shared[0], plain[0], atol=1e-5, rtol=0)
     for name, grad in plain[1].items():
         torch.testing.assert_close(shared[1][name], grad, atol=1e-5, rtol=0, msg=name)
+    return plain
+
+
+@pytest.mark.parametrize("prompt_pad,completion_pad", [(False, False), (True, True), (True, False)])
+def test_shared_prefix_gradients_equal_plain_path(tiny, prompt_pad, completion_pad):
+    tok, model = tiny
+    batch = _batch(tok, prompt_pad, completion_pad)
+    plain = assert_packed_equals_plain(tok, model, batch)
     # a group split over two micro-batches packs each part on its own, with the same result
     part = batch.select(torch.arange(0, 5))
     torch.testing.assert_close(CausalLMAdapter(tok, prefix_sharing=True).log_probs(model, part).detach() *
@@ -111,12 +118,7 @@ def test_shared_prefix_equals_plain_path_for_every_attention_and_window(attentio
     tok = build_tokenizer()
     model = _qwen2(tok, attention, window, full_layers)
     assert model.config._attn_implementation == attention
-    batch = _batch(tok, True, True)
-    plain = _logp_and_grads(model, CausalLMAdapter(tok, prefix_sharing=False), batch)
-    shared = _logp_and_grads(model, CausalLMAdapter(tok, prefix_sharing=True), batch)
-    torch.testing.assert_close(shared[0], plain[0], atol=1e-5, rtol=0)
-    for name, grad in plain[1].items():
-        torch.testing.assert_close(shared[1][name], grad, atol=1e-5, rtol=0, msg=name)
+    assert_packed_equals_plain(tok, model, _batch(tok, True, True))
 
 
 def test_sliding_window_mask_by_hand():

@@ -112,3 +112,16 @@ def test_kl_checks_warn_and_sequence_losses_take_their_aggregation(caplog):
         trainer.validate_kl_and_aggregation(load_config(None, ["algorithm.kl_penalty=both"]).algorithm)
     with pytest.raises(ValueError, match="algorithm.kl_clamp"):
         trainer.validate_kl_and_aggregation(load_config(None, ["algorithm.kl_clamp=0"]).algorithm)
+
+
+def test_deepspeed_is_refused_at_start(monkeypatch):
+    """Under DeepSpeed, accelerate's backward steps the engine on every micro-batch (GA optimizer steps
+    per inner update) and the reference deep copy of a ZeRO-3 model holds shards: refused, naming DDP."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    fake = SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED)
+    monkeypatch.setattr(trainer, "Accelerator", lambda **kwargs: fake)
+    with pytest.raises(NotImplementedError, match="DeepSpeed is not supported.*Use DDP"):
+        trainer.make_accelerator(load_config(None, []))

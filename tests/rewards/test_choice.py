@@ -118,3 +118,4 @@ def test_d1_and_igpo_reward_functions_by_hand():
     # IGPO: "<reasoning>\n", "</reasoning>", "<answer>\n", "</answer>" once each, + 0.25 for a \boxed{
     boxed = "<reasoning>\nx\n</reasoning>\n<answer>\n\\boxed{5}\n</answer>"
     assert REWARDS.get("xmlcount_igpo")([boxed, sloppy]) == pytest.approx([0.75, 0.25])
+
