@@ -183,13 +183,18 @@ def attention_layer_types(config) -> list[str]:
     return [kind] * int(getattr(config, "num_hidden_layers", 1))
 
 
+def attention_implementation(model) -> str:
+    """The attention kernel of the model's language layers (transformers' `_attn_implementation`)."""
+    return getattr(text_config_of(model), "_attn_implementation", None) \
+        or getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+
+
 def packing_blocker(model) -> str | None:
     """Why the packed forward cannot give this model's plain logits, or None when it can: the attention
     must take a 4-D mask as given (eager, sdpa) and every layer must be full or sliding-window attention
     (chunked attention and other patterns are not reproduced)."""
     config = text_config_of(model)
-    implementation = getattr(config, "_attn_implementation", None) \
-        or getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    implementation = attention_implementation(model)
     if implementation not in MASKABLE_ATTENTION:
         return f"{implementation} attention takes no 4-D masks (use sdpa or eager to share prompts)"
     other = sorted(set(attention_layer_types(config)) - set(PACKABLE_LAYERS))
@@ -215,7 +220,7 @@ def model_attention_mask(packed: PackedGroups, model):
         if kind == "sliding_attention":
             distance = packed.token_index[:, :, None] - packed.token_index[:, None, :]
             mask = mask & (distance < config.sliding_window)[:, None]  # the diagonal stays: no empty query row
-        if (getattr(config, "_attn_implementation", None) or "eager") == "eager":
+        if attention_implementation(model) == "eager":
             dtype = getattr(model, "module", model).get_input_embeddings().weight.dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         masks[kind] = mask
