@@ -44,10 +44,10 @@ def floor_count_expectation(sums: torch.Tensor, nodes: int) -> float:
     """The scheme elbo_sdmc used before: exactly max(1, floor(t_n L)) masked tokens, weight w_n / t_n."""
     import math
 
-    from dllm.estimators import gauss_legendre
+    from dllm.estimators import all_masks, gauss_legendre
 
     length = int(math.log2(len(sums)))
-    sizes = ((torch.arange(len(sums))[:, None] >> torch.arange(length)[None]) & 1).sum(-1)
+    sizes = all_masks(length).sum(-1)
     total = 0.0
     for t, w in zip(*gauss_legendre(nodes)):
         k = max(1, math.floor(t * length))

@@ -107,6 +107,11 @@ def elbo_sdmc_plan(valid: torch.Tensor, prompt_valid: torch.Tensor, seed: int, i
     return plan
 
 
+def all_masks(length: int) -> torch.Tensor:
+    """[2^L, L] 0/1: mask number m has position i masked where bit i of m is set."""
+    return (torch.arange(2 ** length)[:, None] >> torch.arange(length)[None]) & 1
+
+
 @torch.no_grad()
 def mask_sums(model, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, mask_token_id: int,
               shift_logits: bool = False, rows_per_forward: int = 512) -> torch.Tensor:
@@ -114,7 +119,7 @@ def mask_sums(model, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, mas
     [1, L] (bit i of the index = position i masked; S(empty) = 0). A reference for short completions
     (2^L forwards: L <= 16): exact ELBOs and exact expectations of the estimators."""
     length = completion_ids.shape[1]
-    bits = (torch.arange(2 ** length)[:, None] >> torch.arange(length)[None]) & 1
+    bits = all_masks(length)
     sums = torch.zeros(2 ** length, dtype=torch.float64)
     device = completion_ids.device
     for lo in range(0, 2 ** length, rows_per_forward):
@@ -134,7 +139,7 @@ def exact_elbo(sums: torch.Tensor) -> float:
     """The ELBO  E_t E_{M ~ Bernoulli(t)} [(1/t) S(M)] = sum_{M != empty} S(M) / (|M| C(L, |M|))  (the t
     integral of C(L, k) t^(k-1) (1 - t)^(L-k) is 1/k), from `mask_sums`."""
     length = int(math.log2(len(sums)))
-    sizes = ((torch.arange(len(sums))[:, None] >> torch.arange(length)[None]) & 1).sum(-1)
+    sizes = all_masks(length).sum(-1)
     coefficient = torch.tensor([0.0] + [1.0 / (k * math.comb(length, k)) for k in range(1, length + 1)],
                                dtype=torch.float64)
     return float((sums * coefficient[sizes]).sum())
@@ -145,7 +150,7 @@ def expected_estimate(sums: torch.Tensor, name: str, params: dict | None = None)
     `mask_sums` of one completion: the sum over masks M of P(M) x weight x S(M)."""
     params = dict(params or {})
     length = int(math.log2(len(sums)))
-    sizes = ((torch.arange(len(sums))[:, None] >> torch.arange(length)[None]) & 1).sum(-1)
+    sizes = all_masks(length).sum(-1)
     mean_of_size = torch.zeros(length + 1, dtype=torch.float64).index_add(0, sizes, sums) / \
         torch.tensor([math.comb(length, k) for k in range(length + 1)], dtype=torch.float64)
 
