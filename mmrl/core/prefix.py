@@ -169,8 +169,7 @@ def text_config_of(model):
 
 def hidden_size_of(model) -> int:
     """The (text) hidden size of a model, DDP-wrapped or not."""
-    config = getattr(model, "module", model).config
-    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+    return text_config_of(model).hidden_size
 
 
 def attention_layer_types(config) -> list[str]:

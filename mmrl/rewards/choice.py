@@ -104,22 +104,25 @@ def accuracy_choice_soft(completions, examples, completion_lengths=None, answer_
     and reads option letters: "(A)", "A. red" and "A" are the same answer; no math-verify step."""
     if parse not in ("lenient", "official"):
         raise ValueError(f"rewards accuracy_choice_soft params.parse: '{parse}' is not 'lenient' or 'official'")
-    scores = []
-    for text, example in zip(completions, examples):
-        gold_text = str(example[answer_key])
-        if parse == "official":
-            if whole_completion_verifies(text, gold_text):
-                scores.append(1.0)
-                continue
-            pred = set(first_answer(text).replace(" ", "").split(","))
-            gold = set(first_answer(tagged_gold(gold_text)).replace(" ", "").split(","))
-            scores.append(len(pred) / len(gold) if pred <= gold else 0.0)
-            continue
-        predicted = extract_answer(text)
-        gold = choice_letters(gold_text)
-        pred = choice_letters(predicted) if predicted else set()
-        scores.append(len(pred) / len(gold) if pred and gold and pred <= gold else 0.0)
-    return scores
+    score = official_soft_score if parse == "official" else lenient_soft_score
+    return [score(text, str(example[answer_key])) for text, example in zip(completions, examples)]
+
+
+def official_soft_score(text: str, gold: str) -> float:
+    """TW-GRPO's code: math-verify on the whole completion, else the share of the first <answer>'s
+    comma-separated items (spaces removed) among the gold's, 0 if any is not a gold item."""
+    if whole_completion_verifies(text, gold):
+        return 1.0
+    pred = set(first_answer(text).replace(" ", "").split(","))
+    items = set(first_answer(tagged_gold(gold)).replace(" ", "").split(","))
+    return len(pred) / len(items) if pred <= items else 0.0
+
+
+def lenient_soft_score(text: str, gold: str) -> float:
+    """The option letters of the last <answer> (or \\boxed{}) against the gold's: |P| / |G| for P inside G."""
+    predicted = extract_answer(text)
+    letters, pred = choice_letters(gold), (choice_letters(predicted) if predicted else set())
+    return len(pred) / len(letters) if pred and letters and pred <= letters else 0.0
 
 
 def same_task_answer(a: str, b: str) -> bool:
