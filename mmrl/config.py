@@ -248,11 +248,20 @@ class SFTConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """Settings of `trainer.sharding: fsdp2` (torch's fully_shard; see mmrl.core.sharding)."""
+    reshard_after_forward: bool = True  # free each block's gathered parameters after its forward (ZeRO-3); false: keep them until backward (ZeRO-2, more memory, less communication)
+    cpu_offload: bool = False  # GPU runs: keep parameters, gradients and optimizer state on the CPU between uses
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 100
     prompts_per_step: int = 8  # global number of prompts per step; each gets rollout.group_size completions
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast; under fsdp2, bf16 compute on model.dtype parameters)
+    sharding: str = "none"  # none: DDP (each rank holds the whole model) | fsdp2: parameters, gradients and optimizer state sharded over the processes
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     seed: int = 0
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
     save_total_limit: int = 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import dllm.image
 from dllm.image.adapter import sample_grid, save_grid
 from mmrl.config import config_from_cli
+from mmrl.core.policy import unwrapped_for_generation
 from mmrl.core.trainer import end_processes, make_accelerator, train
 from mmrl.data import load_examples
 
@@ -27,8 +28,10 @@ def main(argv=None):
     shown = examples[:GRID_PROMPTS]
     before = sample_grid(adapter, policy.to(accelerator.device), shown, GRID_PER_PROMPT, seed=cfg.trainer.seed)
     log = train(cfg, adapter, policy, examples, accelerator=accelerator, post_rollout=[dllm.image.alternate_policies])
+    with unwrapped_for_generation(accelerator, policy) as trained:  # every rank gathers a sharded policy
+        after = sample_grid(adapter, trained, shown, GRID_PER_PROMPT, seed=cfg.trainer.seed) \
+            if accelerator.is_main_process else None
     if accelerator.is_main_process:
-        after = sample_grid(adapter, accelerator.unwrap_model(policy), shown, GRID_PER_PROMPT, seed=cfg.trainer.seed)
         path = Path(cfg.output_dir) / "samples_before_after.png"
         k = GRID_PER_PROMPT
         save_grid({f"{when} {i + 1} | {adapter.prepare(e)}": images[i * k:(i + 1) * k]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from mmrl.core.policy import unwrapped_for_generation
+
 PHASES = ("tokens", "schedule")
 
 
@@ -66,8 +68,9 @@ def alternate_policies(cfg, accelerator, adapter, model, batch, step: int):
     else:
         mask[:, -1] = 1
     batch.extras["loss_mask"] = mask
-    schedule = accelerator.unwrap_model(model).schedule
-    stats = {f"schedule/{k}": v for k, v in schedule.settings().items()}
-    stats["schedule/std_mean"] = float(schedule.log_std.detach().exp().mean())
+    with unwrapped_for_generation(accelerator, model) as policy:  # gathered, if sharded
+        schedule = policy.schedule
+        stats = {f"schedule/{k}": v for k, v in schedule.settings().items()}
+        stats["schedule/std_mean"] = float(schedule.log_std.detach().exp().mean())
     stats["cogrpo/trains_schedule"] = float(trains == "schedule")
     return batch, stats

@@ -189,11 +189,17 @@ class CoGRPOPolicy(torch.nn.Module):
             return terms, entropy
         return terms
 
-    def save_pretrained(self, directory, state_dict: dict | None = None, **kwargs) -> None:
+    def save_pretrained(self, directory, state_dict: dict | None = None) -> None:
         directory = Path(directory)
         state_dict = state_dict if state_dict is not None else self.state_dict()
-        sub = {k.split(".", 1)[1]: v for k, v in state_dict.items() if k.startswith("transformer.")}
-        self.transformer.save_pretrained(directory / "transformer", state_dict=sub, **kwargs)
+        sub = {k.split(".", 1)[1]: v.contiguous() for k, v in state_dict.items() if k.startswith("transformer.")}
+        # diffusers' save_pretrained reads the module's own (under FSDP2 sharded) state: write the given one
+        from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import save_file
+
+        (directory / "transformer").mkdir(parents=True, exist_ok=True)
+        self.transformer.save_config(directory / "transformer")
+        save_file(sub, directory / "transformer" / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
         schedule = {"knobs": list(self.schedule.knobs),
                     "mean": state_dict["schedule.mean"].float().tolist(),
                     "log_std": state_dict["schedule.log_std"].float().tolist()}

@@ -1,13 +1,17 @@
-"""The model as generation and reference scoring need it, under DDP / LoRA."""
+"""The model as generation and reference scoring need it, under DDP / FSDP2 / LoRA."""
 from __future__ import annotations
 
 import contextlib
 
+from mmrl.core.sharding import gathered_for_generation
+
 
 @contextlib.contextmanager
 def unwrapped_for_generation(accelerator, model):
-    """The bare model (no DDP wrapper) for the duration of generation."""
-    yield accelerator.unwrap_model(model)
+    """The bare model (no DDP wrapper; an FSDP2 model with its parameters gathered) for the duration
+    of generation."""
+    with gathered_for_generation(model):
+        yield accelerator.unwrap_model(model)
 
 
 @contextlib.contextmanager

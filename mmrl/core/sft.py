@@ -1,6 +1,6 @@
 """Supervised warm-up before RL: teach the output format on the data's reference solutions.
 
-A recipe stage (config `sft:`), not a separate script: it runs on the prepared (DDP-wrapped) model
+A recipe stage (config `sft:`), not a separate script: it runs on the prepared (DDP-wrapped or sharded) model
 with its own AdamW, each rank taking its share of every global batch.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmrl.core.losses import seq_mean_token_mean
+from mmrl.core.sharding import clip_gradients
 
 
 _THINK = re.compile(r"(<think>)(.*?)(</think>)", re.DOTALL)
@@ -91,7 +92,7 @@ def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) ->
             logp = adapter.log_probs(model, batch)
             loss = seq_mean_token_mean(-logp, batch.completion_mask.to(logp.dtype))
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        clip_gradients(accelerator, model, cfg.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

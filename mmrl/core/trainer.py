@@ -1,4 +1,5 @@
-"""The group-relative training loop on HuggingFace accelerate (DDP; FSDP and DeepSpeed are refused).
+"""The group-relative training loop on HuggingFace accelerate: DDP, or FSDP2 (`trainer.sharding: fsdp2`,
+mmrl.core.sharding); accelerate's own FSDP and DeepSpeed are refused.
 
 One step:  the sampler draws the global prompts (and their group sizes) -> each rank generates its
 share of groups (adapter.generate) and scores them (configured reward functions; a refilling
@@ -25,7 +26,7 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mmrl.core import advantages as advantage_estimators
-from mmrl.core import checkpoint, losses
+from mmrl.core import checkpoint, losses, sharding
 from mmrl.core.adapter import assert_adapter
 from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
@@ -60,14 +61,16 @@ def make_accelerator(cfg) -> Accelerator:
             f"{accelerator.num_processes}: they would train unsynchronised copies. On CPU launch with "
             "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`")
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise NotImplementedError("FSDP rollouts are not supported yet: use DDP (an accelerate config without "
-                                  "fsdp_config)")
+        raise NotImplementedError("an accelerate config with fsdp_config: mmrl shards the model itself. Launch with "
+                                  "a plain multi-GPU config (configs/accelerate/fsdp2_8gpu.yaml) and set "
+                                  "trainer.sharding: fsdp2")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # with gradient accumulation accelerate's backward steps the engine on every micro-batch, and a
         # deep copy of a ZeRO-3 model (the reference) holds only its shards: neither is tested
         raise NotImplementedError("DeepSpeed is not supported: its engine steps inside backward on every "
-                                  "micro-batch and its ZeRO-3 shards break the reference copy. Use DDP (an "
-                                  "accelerate config without deepspeed_config)")
+                                  "micro-batch and its ZeRO-3 shards break the reference copy. For sharded "
+                                  "training set trainer.sharding: fsdp2 and launch with a config without "
+                                  "deepspeed_config (configs/accelerate/fsdp2_8gpu.yaml)")
     return accelerator
 
 
@@ -464,11 +467,11 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
             elif llds_coef > 0:  # LLDS acts after the first update: its terms summed over micro-batches
                 for key in ("llds/penalty", "llds/active_tokens"):
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(stats[key]) / (a.num_iterations - 1)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        grad_norm = sharding.clip_gradients(accelerator, model, cfg.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return {**stats_sum, "loss": loss_total, "grad_norm": float(grad_norm)}
+    return {**stats_sum, "loss": loss_total, "grad_norm": grad_norm}
 
 
 COUNTED = ("reward_errors", "filter/shortfall_groups", "augment/hinted_groups", "augment/noised_groups",
@@ -520,21 +523,31 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     world = accelerator.num_processes
     resume = checkpoint.resolve_resume(cfg.resume_from, cfg.output_dir)
     accelerator.print(f"mmrl: world_size={world} device={accelerator.device} "
-                      f"distributed={accelerator.distributed_type.value} resume={resume}")
+                      f"distributed={accelerator.distributed_type.value} sharding={cfg.trainer.sharding} resume={resume}")
 
-    # SETUP: optimizer, warm-up, reference policy, prompt sampler, then the checkpoint (if resuming)
+    # SETUP: sharding, optimizer, warm-up, reference policy, prompt sampler, then the checkpoint (if resuming)
+    sharded = cfg.trainer.sharding == "fsdp2"
+    sharding.check(cfg, world, accelerator.device.type)
+    with_reference = cfg.algorithm.beta > 0 and not cfg.model.lora.enabled
+    ref_model = None
+    if sharded:  # the reference is copied before sharding and sharded the same way (no full copy per rank)
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if with_reference else None
+        model = sharding.place(model, cfg, accelerator)
+        ref_model = sharding.place(ref_model, cfg, accelerator) if ref_model is not None else None
     # a model with parts that train at their own rate (Co-GRPO's schedule policy) gives its groups
     params = model.optimizer_groups(cfg.optim.lr) if hasattr(model, "optimizer_groups") else \
         [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                   betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2))
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.trainer.max_steps * cfg.algorithm.num_iterations)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.sft.steps > 0:  # re-run on resume too: the reference policy is the post-warm-up model
         supervised_warmup(cfg, accelerator, adapter, model, examples)
-    ref_model = None
-    if cfg.algorithm.beta > 0 and not cfg.model.lora.enabled:
+    if with_reference and ref_model is None:
         ref_model = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
+    elif with_reference and cfg.sft.steps > 0:
+        sharding.copy_parameters(model, ref_model)
     state = AlgorithmState(cfg, len(examples))
     if state.augmentation is not None and state.augmentation.noise_scale > 0 and \
             not getattr(adapter, "supports_frame_noise", False):
@@ -543,7 +556,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     weighting = token_weighting.make(cfg.algorithm.token_weighting, cfg.algorithm.token_weighting_params)
     for obj in (scheduler, state):  # restored by load_state in this order
         accelerator.register_for_checkpointing(obj)
-    start = checkpoint.load(accelerator, resume)["step"] if resume is not None else 0
+    start = checkpoint.load(accelerator, resume, model, optimizer, cfg.trainer.sharding)["step"] \
+        if resume is not None else 0
     metrics_log = MetricsLog(cfg.output_dir, enabled=accelerator.is_main_process,
                              resume_step=start if resume is not None else None)
     weights = reward_weights(cfg)
@@ -602,8 +616,9 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         if accelerator.is_main_process and (step + 1) % cfg.trainer.log_every == 0:
             progress.write(format_metrics(record))
         if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
-            checkpoint.save(accelerator, cfg.output_dir, step + 1, model, adapter, asdict(cfg),
-                            save_hf_model=cfg.trainer.save_hf_model, keep=cfg.trainer.save_total_limit)
+            checkpoint.save(accelerator, cfg.output_dir, step + 1, model, adapter, asdict(cfg), optimizer=optimizer,
+                            sharding=cfg.trainer.sharding, save_hf_model=cfg.trainer.save_hf_model,
+                            keep=cfg.trainer.save_total_limit)
     progress.close()
     if accelerator.is_main_process:
         metrics_log.plot_rewards()

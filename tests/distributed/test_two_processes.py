@@ -2,12 +2,14 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).parents[2]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -34,46 +36,161 @@ def _launch_two(args: list[str]) -> None:
             raise AssertionError(f"two-process launch failed (rc {run.returncode}):\n{run.stderr[-3000:]}")
 
 
-@pytest.mark.slow
-def test_two_process_updates_equal_the_one_process_whole_batch_update(tmp_path):
-    """Each case (aggregation x num_iterations 1 / 2 x gradient accumulation 1 / 3) against the one-process
-    update without accumulation: 2 processes with GA 1, and GA 3 on 8 rows per rank (micro-batches of
-    2, 3, 3 rows), and 1 process with GA 3 (5, 5, 6 rows), all with plain SGD at lr 1 and no clipping, so
-    the parameters differ from the reference exactly as the summed gradients do. A per-micro-batch or
-    per-rank normaliser (token counts, LLDS's gated tokens) scales some gradients and fails here."""
-    script = str(ROOT / "tests" / "distributed" / "ddp_update.py")
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    subprocess.run([sys.executable, script, str(one)], check=True, env=_env(), cwd=ROOT)
-    _launch_two([script, str(two)])
-    a, b = torch.load(one), torch.load(two)
-    assert a["world_size"] == 1 and b["world_size"] == 2
+def _update_cases(tmp_path, kind: str, processes: int, mode: str) -> dict:
+    """Run tests/distributed/ddp_update.py; its saved {"cases": ..., "world_size": ...}."""
+    script, out = str(ROOT / "tests" / "distributed" / "ddp_update.py"), tmp_path / f"{kind}-{processes}-{mode}.pt"
+    if processes == 1:
+        subprocess.run([sys.executable, script, str(out), mode, kind], check=True, env=_env(), cwd=ROOT)
+    else:
+        _launch_two([script, str(out), mode, kind])
+    saved = torch.load(out)
+    assert saved["world_size"] == processes and saved["sharding"] == mode
+    return saved["cases"]
+
+
+def _initial_parameters(kind: str) -> dict:
     from mmrl.models.tiny import build_tiny_causal_lm, build_tokenizer
-    init = build_tiny_causal_lm(build_tokenizer(), hidden_size=32, intermediate_size=64, seed=0).state_dict()
-    for (aggregation, mu, accumulation), reference in a["cases"].items():
-        if accumulation != 1:
-            continue
-        moved = sum(int(not torch.equal(init[k], v)) for k, v in reference["params"].items())
-        assert moved > 10, "the update should change the model"
-        if mu > 1:
-            assert reference["llds_active"] > 0, "LLDS should gate some tokens in the second update"
-        others = [("1 process, GA 3", a["cases"][(aggregation, mu, 3)]), ("2 processes, GA 1", b["cases"][(aggregation, mu, 1)]),
-                  ("2 processes, GA 3", b["cases"][(aggregation, mu, 3)])]
-        for label, other in others:
-            where = f"{aggregation}, num_iterations {mu}, {label}"
-            assert other["loss"] == pytest.approx(reference["loss"], abs=1e-5), where
-            for name, value in reference["params"].items():
+    from mmrl.vlm.tiny import build_tiny_vlm
+    tok = build_tokenizer()
+    model = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0) if kind == "text" \
+        else build_tiny_vlm(tok, seed=0)
+    return model.state_dict()
+
+
+def _assert_updates_equal(kind: str, reference: dict, others: dict[str, dict]) -> None:
+    """Every case of every run in `others` against the one-process update without accumulation of the
+    same aggregation, num_iterations and variant (gradient checkpointing against the plain update):
+    the same loss and parameters to 1e-5."""
+    init = _initial_parameters(kind)
+    for label, cases in others.items():
+        for (aggregation, mu, accumulation, variant), other in cases.items():
+            expected = reference[(aggregation, mu, 1, None if variant == "checkpointing" else variant)]
+            if variant != "lora":
+                moved = sum(int(not torch.equal(init[k], v)) for k, v in expected["params"].items())
+                assert moved > 10, "the update should change the model"
+            if mu > 1 and variant is None:
+                assert expected["llds_active"] > 0, "LLDS should gate some tokens in the second update"
+            where = f"{kind}, {aggregation}, num_iterations {mu}, {variant or 'plain'}, {label} GA {accumulation}"
+            assert other["loss"] == pytest.approx(expected["loss"], abs=1e-5), where
+            assert other["params"].keys() == expected["params"].keys(), where
+            for name, value in expected["params"].items():
                 torch.testing.assert_close(other["params"][name], value, atol=1e-5, rtol=0, msg=f"{where}: {name}")
 
 
 @pytest.mark.slow
-def test_train_script_runs_on_two_processes(tmp_path):
-    cmd = [*TWO_PROCS, str(ROOT / "scripts" / "train_text.py"), "--config", str(ROOT / "configs" / "tiny_text_grpo.yaml"),
-           f"output_dir={tmp_path}", "trainer.max_steps=2", "sft.steps=4", "trainer.prompts_per_step=4",
-           "rollout.group_size=4", "rollout.max_new_tokens=6", "trainer.save_every=1"]
-    subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, capture_output=True)
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["world_size"] for l in lines] == [2, 2]
-    assert (tmp_path / "checkpoints" / "step_000002" / "random_states_1.pkl").exists()
+def test_two_process_updates_equal_the_one_process_whole_batch_update(tmp_path):
+    """Each case (aggregation x num_iterations 1 / 2 x gradient accumulation 1 / 3, and LoRA) against the
+    one-process update without accumulation: 2 processes with GA 1, and GA 3 on 8 rows per rank
+    (micro-batches of 2, 3, 3 rows), and 1 process with GA 3 (5, 5, 6 rows), all with plain SGD at lr 1
+    and no clipping, so the parameters differ from the reference exactly as the summed gradients do. A
+    per-micro-batch or per-rank normaliser (token counts, LLDS's gated tokens) scales some gradients
+    and fails here."""
+    one = _update_cases(tmp_path, "text", 1, "none")
+    two = _update_cases(tmp_path, "text", 2, "none")
+    init = _initial_parameters("text")
+    for case in (k for k in one if k[3] == "lora"):  # only the adapters train
+        params = one[case]["params"]
+        assert any("lora_B" in n and v.abs().sum() > 0 for n, v in params.items())
+        for name, value in params.items():
+            if "lora_" not in name:
+                torch.testing.assert_close(value, init[name.replace("base_model.model.", "").replace(".base_layer", "")],
+                                           rtol=0, atol=0, msg=name)
+    _assert_updates_equal("text", one, {"1 process": one, "2 processes": two})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["text", "vlm"])
+def test_fsdp2_updates_equal_the_one_process_whole_batch_update(tmp_path, kind):
+    """trainer.sharding: fsdp2 on two processes (every block, the VLM's vision tower and the root
+    sharded; reference model sharded the same way; or LoRA with its adapters disabled as the
+    reference) gives the one-process DDP update: loss and every gathered parameter, with
+    gradient accumulation 1 and 3, one or two inner updates, and gradient checkpointing."""
+    one = _update_cases(tmp_path, kind, 1, "none")
+    sharded = _update_cases(tmp_path, kind, 2, "fsdp2")
+    assert any(k[3] == "checkpointing" for k in sharded) and (kind == "vlm" or any(k[3] == "lora" for k in sharded))
+    _assert_updates_equal(kind, one, {"2 processes fsdp2": sharded})
+
+
+def _metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _contains(pattern: str) -> str:
+    """A reward that differs within the groups of a barely trained tiny model (the completion contains
+    a match of `pattern`), so every step has advantages and a gradient to resume."""
+    return f"rewards=[{{name: format, weight: 1.0, params: {{pattern: '{pattern}', mode: search}}}}]"
+
+
+SHARDED_RECIPES = {
+    "text": ("train_text.py", "tiny_text_grpo.yaml", ["sft.steps=20", "algorithm.beta=0.04", "algorithm.num_iterations=2",
+                                                      "trainer.gradient_accumulation_steps=3", _contains("[0-4]")]),
+    "vlm": ("train_vlm.py", "tiny_vlm_grpo.yaml", ["sft.steps=20", "algorithm.beta=0.04", "data.synthetic.num_examples=16",
+                                                   "trainer.gradient_accumulation_steps=2", _contains("e")]),
+    "dllm_igpo": ("train_dllm.py", "tiny_dllm_igpo.yaml", ["sft.steps=20", "algorithm.beta=0.04", _contains("[0-4]")]),
+    "cogrpo": ("train_mdm.py", "tiny_mdm_cogrpo.yaml", ["model.schedule.steps=3"]),
+}
+
+
+def _saved_weights(output_dir: Path) -> dict:
+    """Every tensor of the last checkpoint's from_pretrained model/ (and Co-GRPO's schedule policy)."""
+    from safetensors.torch import load_file
+    model = output_dir / "checkpoints" / "step_000003" / "model"
+    weights = {f"{p.relative_to(model)}:{k}": v.tolist() for p in sorted(model.rglob("*.safetensors"))
+               for k, v in load_file(p).items()}
+    if (model / "schedule_policy.json").exists():
+        weights["schedule"] = json.loads((model / "schedule_policy.json").read_text())
+    assert weights
+    return weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(SHARDED_RECIPES))
+def test_fsdp2_recipe_trains_and_resumes_exactly(tmp_path, recipe):
+    """A tiny recipe under trainer.sharding=fsdp2 on two processes: sharded checkpoints (.distcp) and a
+    from_pretrained model/; a run resumed with resume_from=latest from the step-2 checkpoint logs step 3
+    exactly as the uninterrupted run (every metric but the wall time)."""
+    script, config, extra = SHARDED_RECIPES[recipe]
+    args = [str(ROOT / "scripts" / script), "--config", str(ROOT / "configs" / config), "trainer.sharding=fsdp2",
+            "trainer.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "trainer.save_every=2",
+            "trainer.max_steps=3", *extra]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _launch_two([*args, f"output_dir={straight}"])
+    step2 = straight / "checkpoints" / "step_000002"
+    assert (step2 / "sharded" / ".metadata").exists()
+    assert sorted(p.name for p in (step2 / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert yaml.safe_load((step2 / "run_state.yaml").read_text()) == {"step": 2, "sharding": "fsdp2", "world_size": 2}
+    shutil.copytree(step2, resumed / "checkpoints" / step2.name)
+    _launch_two([*args, f"output_dir={resumed}", "resume_from=latest"])
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [r["world_size"] for r in a] == [2, 2, 2] and [r["step"] for r in b] == [3]
+    assert all(r["grad_norm"] > 0 for r in a), "every step should update the model"
+    timing = {"step_time_s"}
+    assert {k: v for k, v in b[0].items() if k not in timing} == {k: v for k, v in a[2].items() if k not in timing}
+    assert _saved_weights(resumed) == _saved_weights(straight)  # step 3's update: the optimizer state resumed too
+    if recipe == "cogrpo":  # the token and schedule policies alternate; the trained schedule is saved
+        assert [r["cogrpo/trains_schedule"] for r in a] == [0, 1, 0]
+        saved = json.loads((step2 / "model" / "schedule_policy.json").read_text())
+        assert saved["mean"] != pytest.approx([0.0, 0.0, math.log(2.0)], abs=1e-7)
+    else:
+        assert (step2 / "model" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_checkpoint_resumes_in_one_process(tmp_path):
+    """The .distcp shards of a two-process run load into one process (torch.distributed.checkpoint
+    reshards); resuming with the other sharding mode is refused with the fix."""
+    args = [str(ROOT / "scripts" / "train_text.py"), "--config", str(ROOT / "configs" / "tiny_text_grpo.yaml"),
+            "trainer.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=6", "sft.steps=4",
+            "trainer.sharding=fsdp2", f"output_dir={tmp_path}"]
+    _launch_two([*args, "trainer.max_steps=1"])
+    run = subprocess.run([sys.executable, *args, "trainer.max_steps=2", "resume_from=latest"], env=_env(), cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [(r["step"], r["world_size"]) for r in _metrics(tmp_path)] == [(1, 2), (2, 1)]
+    assert "resuming a 2-process checkpoint on 1 processes" in run.stderr
+    refused = subprocess.run([sys.executable, *args, "trainer.max_steps=3", "resume_from=latest",
+                              "trainer.sharding=none"], env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "resume it with trainer.sharding=fsdp2" in refused.stderr
 
 
 @pytest.mark.slow
@@ -121,18 +238,6 @@ def test_eval_script_splits_problems_over_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_vlm_script_runs_on_two_processes_with_shared_vision(tmp_path):
-    cmd = [*TWO_PROCS, str(ROOT / "scripts" / "train_vlm.py"), "--config", str(ROOT / "configs" / "tiny_vlm_grpo.yaml"),
-           f"output_dir={tmp_path}", "trainer.max_steps=2", "sft.steps=4", "trainer.prompts_per_step=4",
-           "rollout.group_size=4", "rollout.max_new_tokens=6", "trainer.save_every=2",
-           "trainer.gradient_accumulation_steps=2", "data.synthetic.num_examples=16"]
-    run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["world_size"] for l in lines] == [2, 2] and all(math.isfinite(l["grad_norm"]) for l in lines)
-
-
-@pytest.mark.slow
 def test_vlm_parameters_stay_identical_across_ranks(tmp_path):
     from mmrl.models.tiny import build_tokenizer
     from mmrl.vlm.tiny import build_tiny_vlm
@@ -163,18 +268,3 @@ def test_video_reggrpo_with_augmentation_on_two_processes(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["world_size"] for l in lines] == [2] * 4 and all(math.isfinite(l["grad_norm"]) for l in lines)
     assert sum(l["augment/hinted_groups"] + l["augment/noised_groups"] for l in lines) > 0
-
-
-@pytest.mark.slow
-def test_cogrpo_alternates_on_two_processes(tmp_path):
-    """Co-GRPO's token step and schedule step under DDP: both ranks' trajectories count, the schedule
-    policy (a separate small module inside the DDP wrapper) moves and is saved with the pipeline."""
-    cmd = [*TWO_PROCS, str(ROOT / "scripts" / "train_mdm.py"), "--config", str(ROOT / "configs" / "tiny_mdm_cogrpo.yaml"),
-           f"output_dir={tmp_path}", "trainer.max_steps=2", "trainer.prompts_per_step=4", "rollout.group_size=4",
-           "trainer.save_every=2", "model.schedule.steps=3"]
-    run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["world_size"] for l in lines] == [2, 2] and [l["cogrpo/trains_schedule"] for l in lines] == [0, 1]
-    saved = json.loads((tmp_path / "checkpoints" / "step_000002" / "model" / "schedule_policy.json").read_text())
-    assert saved["mean"] != pytest.approx([0.0, 0.0, math.log(2.0)], abs=1e-7)
