@@ -15,8 +15,12 @@ def tiny_lm(tokenizer):
 
 @pytest.fixture(autouse=True)
 def fresh_accelerator_state():
-    """Each in-process run builds its own Accelerator (mixed precision differs between tests)."""
+    """Each in-process run builds its own Accelerator (mixed precision differs between tests), and a
+    run with trainer.sharding: fsdp2 its own process group of one."""
     yield
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
     from accelerate.state import AcceleratorState, GradientState
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()

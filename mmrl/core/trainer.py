@@ -527,7 +527,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
 
     # SETUP: sharding, optimizer, warm-up, reference policy, prompt sampler, then the checkpoint (if resuming)
     sharded = cfg.trainer.sharding == "fsdp2"
-    sharding.check(cfg, world, accelerator.device.type)
+    sharding.check(cfg, accelerator.device.type)
     with_reference = cfg.algorithm.beta > 0 and not cfg.model.lora.enabled
     ref_model = None
     if sharded:  # the reference is copied before sharding and sharded the same way (no full copy per rank)

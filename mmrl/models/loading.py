@@ -47,7 +47,7 @@ def load_causal_lm(model_cfg, seed: int = 0):
 def prepare_for_training(model, model_cfg):
     """Gradient checkpointing and LoRA, as switched on in the config."""
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if model_cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model

@@ -97,7 +97,7 @@ def run_case(accelerator: Accelerator, kind: str, sharded: bool, aggregation: st
     model, adapter, batch = build(kind)
     reference = None
     if variant == "checkpointing":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if variant == "lora":
         from peft import LoraConfig, get_peft_model
         torch.manual_seed(0)  # LoRA's A matrices start random: the same on every rank and in every run
