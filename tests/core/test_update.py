@@ -41,7 +41,8 @@ def test_old_logprobs_come_from_the_update_micro_batches(accelerator):
 def test_update_does_not_depend_on_the_micro_batch_split(accelerator, aggregation):
     """Two SGD steps (lr 1, no clipping) with KL and LLDS: one micro-batch vs an uneven 5 / 5 / 6 split.
     LLDS normalised per micro-batch (the old code) scaled its gradient with the number of them."""
-    whole, split = run_case(accelerator, aggregation, 2, 1), run_case(accelerator, aggregation, 2, 3)
+    whole = run_case(accelerator, "text", False, aggregation, 2, 1, None)
+    split = run_case(accelerator, "text", False, aggregation, 2, 3, None)
     assert whole["llds_active"] > 0
     assert split["loss"] == pytest.approx(whole["loss"], abs=1e-6)
     for name, value in whole["params"].items():
@@ -116,12 +117,16 @@ def test_kl_checks_warn_and_sequence_losses_take_their_aggregation(caplog):
 
 def test_deepspeed_is_refused_at_start(monkeypatch):
     """Under DeepSpeed, accelerate's backward steps the engine on every micro-batch (GA optimizer steps
-    per inner update) and the reference deep copy of a ZeRO-3 model holds shards: refused, naming DDP."""
+    per inner update) and the reference deep copy of a ZeRO-3 model holds shards: refused, naming
+    trainer.sharding: fsdp2; so is an accelerate config with fsdp_config (mmrl shards by itself)."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
     fake = SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED)
     monkeypatch.setattr(trainer, "Accelerator", lambda **kwargs: fake)
-    with pytest.raises(NotImplementedError, match="DeepSpeed is not supported.*Use DDP"):
+    with pytest.raises(NotImplementedError, match="DeepSpeed is not supported.*trainer.sharding: fsdp2"):
+        trainer.make_accelerator(load_config(None, []))
+    fake.distributed_type = DistributedType.FSDP
+    with pytest.raises(NotImplementedError, match="set trainer.sharding: fsdp2"):
         trainer.make_accelerator(load_config(None, []))

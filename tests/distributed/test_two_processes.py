@@ -77,15 +77,28 @@ def _assert_updates_equal(kind: str, reference: dict, others: dict[str, dict]) -
                 torch.testing.assert_close(other["params"][name], value, atol=1e-5, rtol=0, msg=f"{where}: {name}")
 
 
+@pytest.fixture(scope="module")
+def one_process_updates(tmp_path_factory):
+    """kind -> the one-process DDP update cases (run once per module, the reference of the DDP and
+    FSDP2 tests)."""
+    cache = {}
+
+    def get(kind: str) -> dict:
+        if kind not in cache:
+            cache[kind] = _update_cases(tmp_path_factory.mktemp(kind), kind, 1, "none")
+        return cache[kind]
+    return get
+
+
 @pytest.mark.slow
-def test_two_process_updates_equal_the_one_process_whole_batch_update(tmp_path):
+def test_two_process_updates_equal_the_one_process_whole_batch_update(tmp_path, one_process_updates):
     """Each case (aggregation x num_iterations 1 / 2 x gradient accumulation 1 / 3, and LoRA) against the
     one-process update without accumulation: 2 processes with GA 1, and GA 3 on 8 rows per rank
     (micro-batches of 2, 3, 3 rows), and 1 process with GA 3 (5, 5, 6 rows), all with plain SGD at lr 1
     and no clipping, so the parameters differ from the reference exactly as the summed gradients do. A
     per-micro-batch or per-rank normaliser (token counts, LLDS's gated tokens) scales some gradients
     and fails here."""
-    one = _update_cases(tmp_path, "text", 1, "none")
+    one = one_process_updates("text")
     two = _update_cases(tmp_path, "text", 2, "none")
     init = _initial_parameters("text")
     for case in (k for k in one if k[3] == "lora"):  # only the adapters train
@@ -100,12 +113,12 @@ def test_two_process_updates_equal_the_one_process_whole_batch_update(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "vlm"])
-def test_fsdp2_updates_equal_the_one_process_whole_batch_update(tmp_path, kind):
+def test_fsdp2_updates_equal_the_one_process_whole_batch_update(tmp_path, kind, one_process_updates):
     """trainer.sharding: fsdp2 on two processes (every block, the VLM's vision tower and the root
     sharded; reference model sharded the same way; or LoRA with its adapters disabled as the
     reference) gives the one-process DDP update: loss and every gathered parameter, with
     gradient accumulation 1 and 3, one or two inner updates, and gradient checkpointing."""
-    one = _update_cases(tmp_path, kind, 1, "none")
+    one = one_process_updates(kind)
     sharded = _update_cases(tmp_path, kind, 2, "fsdp2")
     assert any(k[3] == "checkpointing" for k in sharded) and (kind == "vlm" or any(k[3] == "lora" for k in sharded))
     _assert_updates_equal(kind, one, {"2 processes fsdp2": sharded})
@@ -148,8 +161,12 @@ def _saved_weights(output_dir: Path) -> dict:
 def test_fsdp2_recipe_trains_and_resumes_exactly(tmp_path, recipe):
     """A tiny recipe under trainer.sharding=fsdp2 on two processes: sharded checkpoints (.distcp) and a
     from_pretrained model/; a run resumed with resume_from=latest from the step-2 checkpoint logs step 3
-    exactly as the uninterrupted run (every metric but the wall time)."""
+    exactly as the uninterrupted run (every metric but the wall time) and saves the same weights. The
+    text run then resumes on one process."""
     script, config, extra = SHARDED_RECIPES[recipe]
+    if recipe == "cogrpo":  # the tiny pipeline saved once, not built (palette decoder fit) by every launch
+        from dllm.image.models import save_tiny_amused
+        extra = [*extra, f"model.name_or_path={save_tiny_amused(tmp_path / 'amused', hidden_size=32, seed=0)}"]
     args = [str(ROOT / "scripts" / script), "--config", str(ROOT / "configs" / config), "trainer.sharding=fsdp2",
             "trainer.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "trainer.save_every=2",
             "trainer.max_steps=3", *extra]
@@ -173,33 +190,39 @@ def test_fsdp2_recipe_trains_and_resumes_exactly(tmp_path, recipe):
         assert saved["mean"] != pytest.approx([0.0, 0.0, math.log(2.0)], abs=1e-7)
     else:
         assert (step2 / "model" / "config.json").exists()
+    if recipe == "text":
+        _resume_in_one_process(args, straight)
 
 
-@pytest.mark.slow
-def test_two_process_fsdp2_checkpoint_resumes_in_one_process(tmp_path):
+def _resume_in_one_process(args: list[str], run_dir: Path) -> None:
     """The .distcp shards of a two-process run load into one process (torch.distributed.checkpoint
     reshards); resuming with the other sharding mode is refused with the fix."""
-    args = [str(ROOT / "scripts" / "train_text.py"), "--config", str(ROOT / "configs" / "tiny_text_grpo.yaml"),
-            "trainer.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=6", "sft.steps=4",
-            "trainer.sharding=fsdp2", f"output_dir={tmp_path}"]
-    _launch_two([*args, "trainer.max_steps=1"])
-    run = subprocess.run([sys.executable, *args, "trainer.max_steps=2", "resume_from=latest"], env=_env(), cwd=ROOT,
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert [(r["step"], r["world_size"]) for r in _metrics(tmp_path)] == [(1, 2), (2, 1)]
-    assert "resuming a 2-process checkpoint on 1 processes" in run.stderr
-    refused = subprocess.run([sys.executable, *args, "trainer.max_steps=3", "resume_from=latest",
-                              "trainer.sharding=none"], env=_env(), cwd=ROOT, capture_output=True, text=True)
+    one = subprocess.run([sys.executable, *args, f"output_dir={run_dir}", "trainer.max_steps=4", "resume_from=latest"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert [(r["step"], r["world_size"]) for r in _metrics(run_dir)] == [(1, 2), (2, 2), (3, 2), (4, 1)]
+    assert "resuming a 2-process checkpoint on 1 processes" in one.stderr
+    refused = subprocess.run([sys.executable, *args, f"output_dir={run_dir}", "trainer.max_steps=5",
+                              "resume_from=latest", "trainer.sharding=none"], env=_env(), cwd=ROOT,
+                             capture_output=True, text=True)
     assert refused.returncode != 0 and "resume it with trainer.sharding=fsdp2" in refused.stderr
 
 
+STATEFUL = ["spo", "bnpo", "gdpo", "vade", "vas", "knapsack", "dynamic_filter"]
+
+
+@pytest.fixture(scope="module")
+def stateful_runs(tmp_path_factory):
+    """Every stateful method trained on two processes, one after the other in a single launch."""
+    out = tmp_path_factory.mktemp("stateful")
+    _launch_two([str(ROOT / "tests" / "distributed" / "state_sync.py"), str(out), ",".join(STATEFUL)])
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["spo", "bnpo", "gdpo", "vade", "vas", "knapsack", "dynamic_filter"])
-def test_stateful_methods_stay_identical_on_every_rank(tmp_path, method):
-    script = str(ROOT / "tests" / "distributed" / "state_sync.py")
-    subprocess.run([*TWO_PROCS, script, str(tmp_path), method], check=True, env=_env(), cwd=ROOT,
-                   capture_output=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=False), torch.load(tmp_path / "rank1.pt", weights_only=False)
+@pytest.mark.parametrize("method", STATEFUL)
+def test_stateful_methods_stay_identical_on_every_rank(stateful_runs, method):
+    r0, r1 = (torch.load(stateful_runs / method / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert len(r0["advantages"]) == 3
     for a, b in zip(r0["advantages"], r1["advantages"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # batch-level statistics over both ranks' rows
