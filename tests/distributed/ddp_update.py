@@ -11,7 +11,7 @@ count over the whole batch) all act.
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 tests/distributed/ddp_update.py OUT.pt fsdp2
 
 Extra cases repeat the off-policy update with gradient checkpointing (the blocks' forwards recomputed
-in backward, inside their FSDP units) and with LoRA.
+in backward, inside their FSDP units), with the gradient clipped, and with LoRA.
 """
 import copy
 import sys
@@ -31,12 +31,15 @@ from mmrl.vlm import VLMAdapter
 from mmrl.vlm.tiny import build_processor, build_tiny_vlm
 
 # (aggregation, num_iterations, gradient_accumulation_steps, variant): None, "checkpointing" (gradient
-# checkpointing, compared with the plain update) or "lora" (peft LoRA on q/v; the reference is the
+# checkpointing, compared with the plain update), "clipped" (the gradient clipped to norm CLIP: the
+# norm of the whole gradient, over every shard) or "lora" (peft LoRA on q/v; the reference is the
 # model with its adapters disabled)
+CLIP = 0.05
 CASES = {"text": [(aggregation, mu, accumulation, None) for aggregation in ("token-mean", "seq-mean-token-mean")
                   for mu in (1, 2) for accumulation in (1, 3)]
          + [("seq-mean-token-mean", 2, 3, "checkpointing"), ("seq-mean-token-mean", 2, 1, "lora"),
-            ("seq-mean-token-mean", 2, 3, "lora")],
+            ("seq-mean-token-mean", 2, 3, "lora"), ("seq-mean-token-mean", 2, 1, "clipped"),
+            ("seq-mean-token-mean", 2, 3, "clipped")],
          "vlm": [("seq-mean-token-mean", mu, accumulation, None) for mu in (1, 2) for accumulation in (1, 3)]
          + [("seq-mean-token-mean", 2, 3, "checkpointing")]}
 
@@ -88,7 +91,8 @@ def run_case(accelerator: Accelerator, kind: str, sharded: bool, aggregation: st
              accumulation: int, variant: str | None) -> dict:
     """One update of a fresh tiny model on this rank's share of the global batch: (parameters, loss)."""
     overrides = [f"algorithm.aggregation={aggregation}", f"algorithm.num_iterations={num_iterations}",
-                 f"trainer.gradient_accumulation_steps={accumulation}", "optim.max_grad_norm=1e9",
+                 f"trainer.gradient_accumulation_steps={accumulation}",
+                 f"optim.max_grad_norm={CLIP if variant == 'clipped' else 1e9}",
                  "rollout.max_new_tokens=6"]
     if num_iterations > 1:
         overrides += ["algorithm.beta=0.04", "algorithm.llds_coef=0.5", "algorithm.llds_nonneg_advantage=false",
@@ -117,7 +121,8 @@ def run_case(accelerator: Accelerator, kind: str, sharded: bool, aggregation: st
     loss = accelerator.reduce(torch.tensor(stats["loss"], device=accelerator.device), "mean").item()
     state = full_state_dict(model) if sharded else accelerator.unwrap_model(model).state_dict()
     params = {k: v.detach().cpu().clone() for k, v in state.items()}
-    return {"params": params, "loss": loss, "llds_active": stats.get("llds/active_tokens", 0.0)}
+    return {"params": params, "loss": loss, "llds_active": stats.get("llds/active_tokens", 0.0),
+            "grad_norm": stats["grad_norm"]}
 
 
 def main(out_path: str, mode: str = "none", kind: str = "text"):

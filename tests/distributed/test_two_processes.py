@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from tests.distributed.ddp_update import CLIP
+
 ROOT = Path(__file__).parents[2]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 TWO_PROCS = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -60,7 +62,7 @@ def _initial_parameters(kind: str) -> dict:
 def _assert_updates_equal(kind: str, reference: dict, others: dict[str, dict]) -> None:
     """Every case of every run in `others` against the one-process update without accumulation of the
     same aggregation, num_iterations and variant (gradient checkpointing against the plain update):
-    the same loss and parameters to 1e-5."""
+    the same loss, gradient norm and parameters (to 1e-5)."""
     init = _initial_parameters(kind)
     for label, cases in others.items():
         for (aggregation, mu, accumulation, variant), other in cases.items():
@@ -72,6 +74,9 @@ def _assert_updates_equal(kind: str, reference: dict, others: dict[str, dict]) -
                 assert expected["llds_active"] > 0, "LLDS should gate some tokens in the second update"
             where = f"{kind}, {aggregation}, num_iterations {mu}, {variant or 'plain'}, {label} GA {accumulation}"
             assert other["loss"] == pytest.approx(expected["loss"], abs=1e-5), where
+            assert other["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-4), where
+            if variant == "clipped":
+                assert expected["grad_norm"] > 5 * CLIP, "the clip should act"
             assert other["params"].keys() == expected["params"].keys(), where
             for name, value in expected["params"].items():
                 torch.testing.assert_close(other["params"][name], value, atol=1e-5, rtol=0, msg=f"{where}: {name}")
@@ -117,10 +122,12 @@ def test_fsdp2_updates_equal_the_one_process_whole_batch_update(tmp_path, kind, 
     """trainer.sharding: fsdp2 on two processes (every block, the VLM's vision tower and the root
     sharded; reference model sharded the same way; or LoRA with its adapters disabled as the
     reference) gives the one-process DDP update: loss and every gathered parameter, with
-    gradient accumulation 1 and 3, one or two inner updates, and gradient checkpointing."""
+    gradient accumulation 1 and 3, one or two inner updates, and gradient checkpointing; on text also
+    with the gradient clipped (the norm of the whole gradient across shards)."""
     one = one_process_updates(kind)
     sharded = _update_cases(tmp_path, kind, 2, "fsdp2")
-    assert any(k[3] == "checkpointing" for k in sharded) and (kind == "vlm" or any(k[3] == "lora" for k in sharded))
+    assert any(k[3] == "checkpointing" for k in sharded)
+    assert kind == "vlm" or {"lora", "clipped"} <= {k[3] for k in sharded}
     _assert_updates_equal(kind, one, {"2 processes fsdp2": sharded})
 
 
