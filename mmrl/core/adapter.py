@@ -56,12 +56,17 @@ def group_sizes(group_size: int | list[int], num_examples: int) -> torch.Tensor:
 
 def sampling_kwargs(rollout_cfg) -> dict:
     """`generate` keyword arguments: sampling at rollout_cfg's temperature / top-p / top-k, or greedy
-    decoding when the temperature is 0 (evaluation)."""
+    decoding when the temperature is 0 (evaluation). Never `synced_gpus` (transformers' default for an
+    FSDP model: every rank steps until all are done, an all-reduce per token): mmrl generates from a
+    sharded model only with its parameters gathered (mmrl.core.sharding.gathered_for_generation), so
+    a forward needs no collective, and ranks may generate a different number of times (augmentation,
+    evaluation), which lockstep decoding would hang on."""
+    common = dict(max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens,
+                  synced_gpus=False)
     if rollout_cfg.temperature > 0:
         return dict(do_sample=True, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                    top_k=rollout_cfg.top_k, max_new_tokens=rollout_cfg.max_new_tokens,
-                    min_new_tokens=rollout_cfg.min_new_tokens)
-    return dict(do_sample=False, max_new_tokens=rollout_cfg.max_new_tokens, min_new_tokens=rollout_cfg.min_new_tokens)
+                    top_k=rollout_cfg.top_k, **common)
+    return dict(do_sample=False, **common)
 
 
 def sampled_completions(sequences: torch.Tensor, prompt_length: int, tokenizer, eos_token_ids: list[int]):

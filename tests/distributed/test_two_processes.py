@@ -24,6 +24,7 @@ def _env():
 
 
 GLOO_ABORT = "terminate called without an active exception"
+LIMIT_S = 600  # a launch that hangs (ranks out of step in a collective) fails its test instead of the CI job
 
 
 def _launch_two(args: list[str]) -> None:
@@ -31,7 +32,7 @@ def _launch_two(args: list[str]) -> None:
     threads (no Python error; seen twice in 4 fresh-clone CI runs, on the suite's first launch, and
     never when run alone); any other failure, or a second abort, fails the test with the output."""
     for attempt in range(2):
-        run = subprocess.run([*TWO_PROCS, *args], env=_env(), cwd=ROOT, capture_output=True, text=True)
+        run = subprocess.run([*TWO_PROCS, *args], env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
         if run.returncode == 0:
             return
         if attempt or GLOO_ABORT not in run.stderr:
@@ -42,7 +43,7 @@ def _update_cases(tmp_path, kind: str, processes: int, mode: str) -> dict:
     """Run tests/distributed/ddp_update.py; its saved {"cases": ..., "world_size": ...}."""
     script, out = str(ROOT / "tests" / "distributed" / "ddp_update.py"), tmp_path / f"{kind}-{processes}-{mode}.pt"
     if processes == 1:
-        subprocess.run([sys.executable, script, str(out), mode, kind], check=True, env=_env(), cwd=ROOT)
+        subprocess.run([sys.executable, script, str(out), mode, kind], check=True, env=_env(), cwd=ROOT, timeout=LIMIT_S)
     else:
         _launch_two([script, str(out), mode, kind])
     saved = torch.load(out)
@@ -205,12 +206,12 @@ def _resume_in_one_process(args: list[str], run_dir: Path) -> None:
     """The .distcp shards of a two-process run load into one process (torch.distributed.checkpoint
     reshards); resuming with the other sharding mode is refused with the fix."""
     one = subprocess.run([sys.executable, *args, f"output_dir={run_dir}", "trainer.max_steps=4", "resume_from=latest"],
-                         env=_env(), cwd=ROOT, capture_output=True, text=True)
+                         env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
     assert [(r["step"], r["world_size"]) for r in _metrics(run_dir)] == [(1, 2), (2, 2), (3, 2), (4, 1)]
     assert "resuming a 2-process checkpoint on 1 processes" in one.stderr
     refused = subprocess.run([sys.executable, *args, f"output_dir={run_dir}", "trainer.max_steps=5",
-                              "resume_from=latest", "trainer.sharding=none"], env=_env(), cwd=ROOT,
+                              "resume_from=latest", "trainer.sharding=none"], env=_env(), cwd=ROOT, timeout=LIMIT_S,
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "resume it with trainer.sharding=fsdp2" in refused.stderr
 
@@ -254,7 +255,7 @@ def test_eval_script_splits_problems_over_two_processes(tmp_path):
             "model.name_or_path=tiny", "model.dtype=float32", "model.attn_implementation=null",
             f"output_dir={tmp_path}", "eval.benchmarks=[{name: gsm8k, limit: 5}]", "eval.num_samples=2",
             "eval.ks=[1,2]", "eval.temperature=1.0", "eval.max_new_tokens=6"]
-    run = subprocess.run([*TWO_PROCS, *args], env=_env(), cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([*TWO_PROCS, *args], env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     shards = {p.name.rsplit(".", 2)[1]: p.read_text().splitlines() for p in (tmp_path / "eval_cache").glob("*.jsonl")}
     rows = {rank: sorted({json.loads(line)["row"] for line in lines}) for rank, lines in shards.items()}
@@ -262,7 +263,7 @@ def test_eval_script_splits_problems_over_two_processes(tmp_path):
     two = json.loads((tmp_path / "eval.json").read_text())
     assert two["benchmarks"]["gsm8k"]["problems"] == 5
     # one process reads both shards and generates nothing
-    subprocess.run([sys.executable, *args], check=True, env=_env(), cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, *args], check=True, env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True)
     assert len((tmp_path / "eval_cache").glob("*.rank0.jsonl").__next__().read_text().splitlines()) == 6
     assert json.loads((tmp_path / "eval.json").read_text())["benchmarks"] == two["benchmarks"]
 
@@ -273,7 +274,7 @@ def test_vlm_parameters_stay_identical_across_ranks(tmp_path):
     from mmrl.vlm.tiny import build_tiny_vlm
 
     script = str(ROOT / "tests" / "distributed" / "vlm_sync.py")
-    run = subprocess.run([*TWO_PROCS, script, str(tmp_path)], env=_env(), cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([*TWO_PROCS, script, str(tmp_path)], env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     init = build_tiny_vlm(build_tokenizer(), seed=0).state_dict()
@@ -288,12 +289,15 @@ def test_vlm_parameters_stay_identical_across_ranks(tmp_path):
 @pytest.mark.slow
 def test_video_reggrpo_with_augmentation_on_two_processes(tmp_path):
     """Each rank augments its own groups (hint draws, regenerated groups: different counts per rank)
-    against a replay buffer both ranks fill with the same gathered group means; checkpoints resume."""
+    against a replay buffer both ranks fill with the same gathered group means. Under FSDP2: the
+    sharded video model may generate a different number of times on each rank (its parameters are
+    gathered for the rollout, so generation needs no collective)."""
     cmd = [*TWO_PROCS, str(ROOT / "scripts" / "train_video.py"), "--config",
            str(ROOT / "configs" / "tiny_video_reggrpo.yaml"), f"output_dir={tmp_path}", "trainer.max_steps=4",
+           "trainer.sharding=fsdp2",
            "trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.save_every=2", "augmentation.window=8",
            "data.synthetic.num_examples=16", "trainer.gradient_accumulation_steps=2"]
-    run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(cmd, env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["world_size"] for l in lines] == [2] * 4 and all(math.isfinite(l["grad_norm"]) for l in lines)
