@@ -108,42 +108,45 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
         batch.extras["loss_mask"] = torch.ones_like(batch.completion_mask)
         batch.extras["ratio_mask"] = torch.ones_like(batch.completion_mask)
     batch.extras.setdefault("loss_mask", batch.completion_mask.clone())
-    if not wrong:
-        return batch, stats
-    gen_length = cfg.rollout.max_new_tokens
-    rng = random.Random(cfg.trainer.seed * 1_000_003 + step * 7_919 + accelerator.process_index)
-    examples, fixed, sizes = [], [], []
-    for g in wrong:
-        a, b = bounds[g]
-        example = batch.examples[a]
-        reference = adapter.tokenizer(icfg.reference_prefix + str(example["solution"]),
-                                      add_special_tokens=False)["input_ids"]
-        etas = sorted(rng.uniform(icfg.eta_low, icfg.eta_high) for _ in range(b - a))
-        fixed += [hint_canvas(reference, gen_length, eta, icfg, rng) for eta in etas]
-        examples.append(example)
-        sizes.append(b - a)
+    # entered on every rank, whether or not it has groups to rescue: gathering a sharded (FSDP2) model
+    # is a collective, and inside the gathered context the re-generation and entropy forwards need none
     with unwrapped_for_generation(accelerator, model) as policy:
+        if not wrong:
+            return batch, stats
+        gen_length = cfg.rollout.max_new_tokens
+        rng = random.Random(cfg.trainer.seed * 1_000_003 + step * 7_919 + accelerator.process_index)
+        examples, fixed, sizes = [], [], []
+        for g in wrong:
+            a, b = bounds[g]
+            example = batch.examples[a]
+            reference = adapter.tokenizer(icfg.reference_prefix + str(example["solution"]),
+                                          add_special_tokens=False)["input_ids"]
+            etas = sorted(rng.uniform(icfg.eta_low, icfg.eta_high) for _ in range(b - a))
+            fixed += [hint_canvas(reference, gen_length, eta, icfg, rng) for eta in etas]
+            examples.append(example)
+            sizes.append(b - a)
         redo = adapter.generate(policy, examples, sizes, cfg.rollout, fixed=torch.tensor(fixed))
-    score_batch(cfg.rewards, redo)
-    rewards = redo.rewards
-    redo_starts = group_starts(redo.group_ids).tolist()
-    take_rows, put_rows = [], []
-    for k, g in enumerate(wrong):
-        a, b = bounds[g]
-        rows = [redo_starts[k] + j for j in range(sizes[k]) if rewards[redo_starts[k] + j, 0] >= icfg.correct_threshold]
-        rows = sorted(rng.sample(rows, min(len(rows), math.floor(icfg.max_replace_fraction * sizes[k]))))
-        take_rows += rows
-        put_rows += list(range(a, a + len(rows)))
-        stats["igpo/rescued_groups"] += int(bool(rows))
-    stats["igpo/replaced_samples"] = len(take_rows)
-    if not take_rows:
-        return batch, stats
-    chosen = redo.select(torch.tensor(take_rows))
-    chosen.example_index, chosen.group_ids = batch.example_index[put_rows].cpu(), batch.group_ids[put_rows].cpu()
-    chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
-    adapter.mask_iteration = 0  # the first inner iteration's masks (not the last step's leftover iteration)
-    with torch.no_grad():
-        _, entropy = adapter.log_probs(accelerator.unwrap_model(model), chosen.to(accelerator.device), with_entropy=True)
+        score_batch(cfg.rewards, redo)
+        rewards = redo.rewards
+        redo_starts = group_starts(redo.group_ids).tolist()
+        take_rows, put_rows = [], []
+        for k, g in enumerate(wrong):
+            a, b = bounds[g]
+            rows = [redo_starts[k] + j for j in range(sizes[k])
+                    if rewards[redo_starts[k] + j, 0] >= icfg.correct_threshold]
+            rows = sorted(rng.sample(rows, min(len(rows), math.floor(icfg.max_replace_fraction * sizes[k]))))
+            take_rows += rows
+            put_rows += list(range(a, a + len(rows)))
+            stats["igpo/rescued_groups"] += int(bool(rows))
+        stats["igpo/replaced_samples"] = len(take_rows)
+        if not take_rows:
+            return batch, stats
+        chosen = redo.select(torch.tensor(take_rows))
+        chosen.example_index, chosen.group_ids = batch.example_index[put_rows].cpu(), batch.group_ids[put_rows].cpu()
+        chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
+        adapter.mask_iteration = 0  # the first inner iteration's masks (not the last step's leftover iteration)
+        with torch.no_grad():
+            _, entropy = adapter.log_probs(policy, chosen.to(accelerator.device), with_entropy=True)
     hints = chosen.extras["hint_mask"].cpu()
     scope = torch.ones_like(chosen.completion_mask).cpu() if canvas_scope else loss_mask(chosen).cpu()
     chosen.extras["loss_mask"] = scope * entropy_filtered_mask(hints & scope.bool(), entropy.cpu(), icfg.entropy_fraction)
