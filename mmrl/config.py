@@ -160,6 +160,7 @@ class RewardConfig:
     name: str = "accuracy_math"
     weight: float = 1.0
     params: dict = field(default_factory=dict)
+    on_error: str = "drop"  # a sample the function raises on or scores NaN/inf: drop (its group leaves the update), zero (scored 0 and trained on: teaches the policy to avoid what broke the reward) or raise
 
 
 @dataclass
@@ -269,6 +270,10 @@ class TrainerConfig:
     logprob_chunk_rows: int = 4
     prefix_sharing: bool = True  # score each group's prompt once (exact; text models with eager / sdpa attention)
     log_every: int = 1
+    log_with: list[str] = field(default_factory=list)  # experiment trackers (accelerate's): tensorboard (<output_dir>/trackers), wandb, trackio, ... several at once
+    run_name: str | None = None  # the trackers' run / project name (None: the output_dir's name)
+    max_nonfinite_steps: int = 3  # stop after this many steps in a row whose updates all had a non-finite loss or gradient (each is skipped)
+    save_merged_model: bool = False  # LoRA: also write merged/, the base model with the adapter merged in (from_pretrained-loadable without the base)
 
 
 @dataclass
@@ -311,6 +316,7 @@ class EvalConfig:
 class Config:
     output_dir: str = "runs/default"
     resume_from: str | None = None  # a checkpoint dir, or 'latest' (newest under output_dir/checkpoints)
+    overwrite_output_dir: bool = False  # start over in an output_dir that holds another run, deleting its metrics and checkpoints
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

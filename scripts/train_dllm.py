@@ -8,12 +8,14 @@ tiny random one): d1's one-step estimator, GDPO's ELBO estimators and sequence l
 import dllm
 from dllm.igpo import inpaint
 from mmrl.config import config_from_cli
+from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.trainer import end_processes, train
 from mmrl.data import load_examples
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="dllm")
+    claim_output_dir(cfg)  # refused or unwritable: before the model is built
     model, adapter = dllm.build(cfg)
     return train(cfg, adapter, model, load_examples(cfg.data), post_rollout=[inpaint] if cfg.inpainting.enabled else [])
 

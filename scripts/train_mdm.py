@@ -13,6 +13,7 @@ from pathlib import Path
 import dllm.image
 from dllm.image.adapter import sample_grid, save_grid
 from mmrl.config import config_from_cli
+from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.policy import unwrapped_for_generation
 from mmrl.core.trainer import end_processes, make_accelerator, train
 from mmrl.data import load_examples
@@ -22,6 +23,7 @@ GRID_PROMPTS, GRID_PER_PROMPT = 4, 4
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="mdm")
+    claim_output_dir(cfg)  # refused or unwritable: before the model is built
     policy, adapter = dllm.image.build(cfg)
     examples = load_examples(cfg.data)
     accelerator = make_accelerator(cfg)

@@ -5,12 +5,14 @@
 """
 from mmrl import text
 from mmrl.config import config_from_cli
+from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.trainer import end_processes, train
 from mmrl.data import load_examples
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="text")
+    claim_output_dir(cfg)  # refused or unwritable: before the model is built
     model, adapter = text.build(cfg)
     return train(cfg, adapter, model, load_examples(cfg.data))
 

@@ -7,12 +7,14 @@ Reg-GRPO with difficulty-aware augmentation (DeepVideo-R1), TW-GRPO.
 """
 import video
 from mmrl.config import config_from_cli
+from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.trainer import end_processes, train
 from video.data import load_video_examples
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="video")
+    claim_output_dir(cfg)  # refused or unwritable: before the model is built
     model, adapter = video.build(cfg)
     check = adapter.frames.get if cfg.data.video_check == "decode" else adapter.check_open
     examples, skipped = load_video_examples(cfg.data, check, cfg.output_dir)

@@ -6,12 +6,14 @@
 """
 from mmrl import vlm
 from mmrl.config import config_from_cli
+from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.trainer import end_processes, train
 from mmrl.vlm.data import load_image_examples
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="vlm")
+    claim_output_dir(cfg)  # refused or unwritable: before the model is built
     model, adapter = vlm.build(cfg)
     examples, skipped = load_image_examples(cfg.data)
     return train(cfg, adapter, model, examples, data_stats={"data/skipped": skipped})

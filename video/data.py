@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmrl.data import read_jsonl, resolve_source
+from mmrl.data import read_jsonl, resolve_source, row_label
 from mmrl.vlm.data import vision_examples
 from video import synthetic
 from video.frames import VideoError
@@ -23,13 +23,15 @@ CHECKS = ("decode", "open")
 def video_paths(row: dict, field: str, index: int, base: Path) -> list[Path]:
     value = row.get(field)
     if value is None:
-        raise ValueError(f"row {index} has no field '{field}' (data.video_field); fields: {sorted(row)}")
+        raise ValueError(f"{row_label(row, index)}: no field '{field}' (data.video_field); "
+                         f"fields: {sorted(k for k in row if k != '_where')}")
     paths = []
     for v in value if isinstance(value, list) else [value]:
         if not isinstance(v, str):
-            raise ValueError(f"row {index}: '{field}' must be a path or a list of paths, got {type(v).__name__}")
+            raise ValueError(f"{row_label(row, index)}: '{field}' must be a path or a list of paths, "
+                             f"got {type(v).__name__}")
         if v.startswith(("http://", "https://")):
-            raise ValueError(f"row {index}: video '{v}' is a URL; mmrl does not download at run time. "
+            raise ValueError(f"{row_label(row, index)}: video '{v}' is a URL; mmrl does not download at run time. "
                              f"Download it and put the local path in the '{field}' field")
         p = Path(v[7:] if v.startswith("file://") else v)
         paths.append(p if p.is_absolute() else base / p)
@@ -59,7 +61,7 @@ def load_video_examples(data_cfg, check, output_dir: str = ".") -> tuple[list[di
             try:
                 check(p)
             except VideoError as err:
-                log.warning("skipping row %d: %s", index, err)
+                log.warning("skipping %s: %s", row_label(row, index), err)
                 return None
         return [{"type": "video", "video": str(p)} for p in paths]
 

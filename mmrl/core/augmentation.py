@@ -146,7 +146,7 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
             cond = [with_user_text(examples[g], aug.answer_template.format(answer=examples[g]["answer"])) for g in hard]
             probe = adapter.generate(policy, cond, aug.hint_samples, cfg.rollout)
             graded = [examples[g] for g in hard for _ in range(aug.hint_samples)]
-            rewards, _, _ = score(cfg.rewards, probe.completions_text, graded, probe.completion_lengths.tolist())
+            rewards = score(cfg.rewards, probe.completions_text, graded, probe.completion_lengths.tolist()).rewards
             best = combine_rewards(rewards, weights).view(len(hard), aug.hint_samples).argmax(-1).tolist()
             for k, g in enumerate(hard):
                 text = probe.completions_text[k * aug.hint_samples + best[k]]
@@ -167,7 +167,7 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
         stats[f"augment/original/{name}/mean"] = batch.rewards[:, j].mean().item()
     if not order:
         return batch, stats
-    errors = score_batch(cfg.rewards, redo)
+    stats.update(score_batch(cfg.rewards, redo))  # reward/<name>/errors
     redo.example_index = torch.tensor([index[g] for g in order]).repeat_interleave(torch.tensor(sizes))
     redo = redo.to(batch.group_ids.device)
     redo_starts = group_starts(redo.group_ids.cpu()).tolist() + [len(redo)]
@@ -178,5 +178,4 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
             pieces.append(redo.select(slice(redo_starts[k], redo_starts[k + 1])))
         else:
             pieces.append(batch.select(slice(a, b)))
-    stats["reward_errors"] = errors
     return RolloutBatch.concat(pieces), stats

@@ -19,6 +19,22 @@ def group_starts(group_ids: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(new).flatten()
 
 
+def group_any(flags: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """[N] bool: rows whose group (consecutive equal `group_ids`) has any row flagged."""
+    _, inverse = torch.unique_consecutive(group_ids, return_inverse=True)
+    hit = torch.zeros(int(inverse.max()) + 1 if len(inverse) else 0, dtype=torch.bool, device=flags.device)
+    hit.index_put_((inverse.to(flags.device),), flags.bool(), accumulate=True)
+    return hit[inverse.to(flags.device)]
+
+
+def dropped_rows(batch: "RolloutBatch") -> torch.Tensor:
+    """[N] bool: rows of groups left out of the update because a reward failed on one of them
+    (`reward_failed`, rewards with on_error: drop)."""
+    if batch.reward_failed is None:
+        return torch.zeros(len(batch), dtype=torch.bool, device=batch.group_ids.device)
+    return group_any(batch.reward_failed, batch.group_ids)
+
+
 def pad_sequences(seqs: list[list[int]], pad_value: int = 0, left: bool = False):
     """Token lists -> (ids [n, width], mask [n, width]) padded on the right (or the left)."""
     width = max(len(q) for q in seqs)
@@ -50,6 +66,7 @@ class RolloutBatch:
     group_ids:                        [N]     int, equal within a prompt group
     example_index:                    [N]     the dataset index of the row's prompt (set by the trainer)
     rewards:                          [N, K]  one column per reward function, named by reward_names
+    reward_failed:                    [N]     bool: a reward with on_error: drop failed on the row
     old_logp / ref_logp:              [N, C]  behaviour-policy and reference log-probs (or None)
     token_weights:                    [N, C]  optional per-token weights (TW-GRPO, GTPO, ...)
     advantages:                       [N]     filled in by the trainer
@@ -65,6 +82,7 @@ class RolloutBatch:
     example_index: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     reward_names: list[str] = field(default_factory=list)
+    reward_failed: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     token_weights: torch.Tensor | None = None
@@ -158,7 +176,7 @@ class RolloutBatch:
             offset += int(inverse.max()) + 1 if len(b) else 0
         first = batches[0]
         optional = {}
-        for name in ("example_index", "rewards", "advantages"):
+        for name in ("example_index", "rewards", "reward_failed", "advantages"):
             values = [getattr(b, name) for b in batches]
             optional[name] = torch.cat(values) if all(v is not None for v in values) else None
         for name in ("old_logp", "ref_logp", "token_weights"):

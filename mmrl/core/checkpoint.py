@@ -4,7 +4,9 @@ A checkpoint is written to `step_XXXXXX.tmp` and renamed when complete, so a cra
 never leaves a half checkpoint that `resume_from=latest` would pick up. Under DDP accelerate writes
 the model and optimizer whole; under FSDP2 (`trainer.sharding: fsdp2`) every rank writes its shards
 with torch.distributed.checkpoint into `sharded/` (`.distcp` files), which load into any number of
-processes. Both also write `model/`, the gathered weights that `from_pretrained` loads.
+processes. Both also write `model/`, the gathered weights that `from_pretrained` loads (a LoRA run: the adapter,
+whose config names the base model's directory; `trainer.save_merged_model` adds `merged/`, the merged
+weights), and `config.yaml`, the run's config, which a resume compares with its own.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
         return None
     if resume_from == "latest":
         found = list_checkpoints(output_dir)
+        if not found:
+            log.warning("resume_from=latest: %s has no checkpoint yet; starting from step 0 (metrics are appended "
+                        "to the existing metrics.jsonl, if any)", Path(output_dir) / "checkpoints")
         return found[-1] if found else None
     path = Path(resume_from)
     if not (path / "run_state.yaml").exists():
@@ -50,8 +55,9 @@ SHARDED = "sharded"
 
 
 def save(accelerator, output_dir, step: int, model, adapter, config_dict: dict, optimizer=None,
-         sharding: str = "none", save_hf_model: bool = True, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically; every rank must call it."""
+         sharding: str = "none", save_hf_model: bool = True, keep: int = 2, merge_lora: bool = False) -> Path:
+    """Write checkpoint `step` atomically; every rank must call it. `merge_lora`: also write merged/, the
+    LoRA model with its adapter merged into the base weights (not sharded runs)."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process and tmp.exists():
@@ -69,6 +75,13 @@ def save(accelerator, output_dir, step: int, model, adapter, config_dict: dict, 
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(tmp / "model", state_dict=state_dict)
             adapter.save_pretrained(tmp / "model")
+    if merge_lora and accelerator.is_main_process:
+        import copy
+
+        merged = copy.deepcopy(accelerator.unwrap_model(model)).merge_and_unload()
+        merged.save_pretrained(tmp / "merged")
+        adapter.save_pretrained(tmp / "merged")
+        del merged
     if accelerator.is_main_process:
         (tmp / "run_state.yaml").write_text(yaml.safe_dump({"step": step, "sharding": sharding,
                                                             "world_size": accelerator.num_processes}))
@@ -76,10 +89,20 @@ def save(accelerator, output_dir, step: int, model, adapter, config_dict: dict, 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        for old in rotated(output_dir, step, keep):
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def rotated(output_dir, step: int, keep: int) -> list[Path]:
+    """The checkpoints to delete after writing `step`, keeping `keep` (0 = all): never the one just
+    written, and never one of a later step (left by a run resumed from an earlier checkpoint), only
+    the oldest of those before it."""
+    if keep <= 0:
+        return []
+    earlier = [p for p in list_checkpoints(output_dir) if int(p.name[len(PREFIX):]) < step]
+    return earlier[:max(0, len(earlier) - (keep - 1))]
 
 
 def full_state_dict(model) -> dict:
@@ -87,6 +110,48 @@ def full_state_dict(model) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+# keys a resumed run may change freely (how long, how often, where it logs), and those that change what
+# the checkpoint's weights mean (resuming with them changed is refused)
+FREE_KEYS = ("resume_from", "overwrite_output_dir", "output_dir", "trainer.max_steps", "trainer.save_every",
+             "trainer.save_total_limit", "trainer.save_hf_model", "trainer.save_merged_model", "trainer.log_every",
+             "trainer.log_with", "trainer.run_name", "trainer.max_nonfinite_steps", "eval.")
+SHAPE_KEYS = ("model.modality", "model.tiny.", "model.lora.enabled", "model.lora.r", "model.lora.target_modules",
+              "model.schedule.steps")
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """A nested config dict as {dotted key: value} (lists of sections, like rewards, by index)."""
+    out = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) and \
+        any(isinstance(v, dict) for v in tree) else None
+    if items is None:
+        return {prefix: tree}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_resumed_config(path: Path, config_dict: dict) -> list[str]:
+    """Compare the config a checkpoint was written with (its config.yaml) with the resuming run's:
+    refuse a change of the model's shape; warn of any other change (model, algorithm, data, rewards,
+    ...) with the keys and both values. Returns the changed keys."""
+    saved_file = path / "config.yaml"
+    if not saved_file.exists():
+        return []
+    saved, now = flatten(yaml.safe_load(saved_file.read_text()) or {}), flatten(config_dict)
+    changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+               and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in FREE_KEYS)]
+    shape = [k for k in changed if any(k == f or (f.endswith(".") and k.startswith(f)) for f in SHAPE_KEYS)]
+    describe = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in (shape or changed)[:12])
+    if shape:
+        raise ValueError(f"resume_from: {path} holds a model of another shape than this run's ({describe}); "
+                         "resume with the checkpoint's settings, or start a new run in another output_dir")
+    if changed:
+        log.warning("resume_from: %s was written with another config; %d key(s) differ: %s%s", path, len(changed),
+                    describe, " ..." if len(changed) > 12 else "")
+    return changed
 
 
 def load(accelerator, path: Path, model=None, optimizer=None, sharding: str = "none") -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -43,10 +44,14 @@ def _plain(value):
 class MetricsLog:
     """Appends one JSON line per step to `<output_dir>/metrics.jsonl`, flushed at once.
 
-    On resume from step S, lines of steps after S (from the interrupted run) are dropped so the
-    file reads as one uninterrupted run."""
+    A new run starts the file (run_dir.claim_output_dir has made sure it held no other run's lines).
+    On resume from step S the lines of steps after S (logged by the interrupted run after its last
+    checkpoint) move to `metrics.superseded.jsonl`, so the file reads as one uninterrupted run and
+    nothing is lost. `append`: a run that continues an output_dir without a checkpoint
+    (`resume_from=latest` before the first save) appends its lines after the earlier ones."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, output_dir: str | Path, enabled: bool = True, resume_step: int | None = None,
+                 append: bool = False):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.history: list[dict] = []
@@ -54,10 +59,17 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in kept if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        elif self.path.exists():
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            records = [json.loads(line) for line in lines]
+            later = [line for line, r in zip(lines, records) if r.get("step", 0) > resume_step]
+            if later:
+                with open(self.path.with_name("metrics.superseded.jsonl"), "a") as f:
+                    f.write("".join(line + "\n" for line in later))
+            self.history = [r for r in records if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            os.replace(tmp, self.path)
+        elif self.path.exists() and not append:
             self.path.unlink()
 
     def log(self, step: int, metrics: dict) -> dict:
@@ -77,19 +89,31 @@ class MetricsLog:
             lines.append(f"  {key}: {first:.3f} -> {last:.3f} ({last - first:+.3f})")
         return "\n".join(lines)
 
-    def plot_rewards(self, key: str = "reward/mean") -> Path | None:
-        rows = [r for r in self.history if r.get(key) is not None]
+    def plot_rewards(self, reward_names: list[str] | None = None, weights: list[float] | None = None,
+                     title: str = "") -> Path | None:
+        """`reward_curve.png`: one panel for the weighted total (`reward/mean`), then one per reward
+        function (`reward/<name>/mean`, unweighted), each against the step."""
+        rows = [r for r in self.history if r.get("reward/mean") is not None]
         if not self.enabled or not rows:
             return None
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
+        names = reward_names or []
+        panels = [("reward/mean", "total (weighted)")]
+        for j, name in enumerate(names):
+            weight = f", weight {weights[j]:g}" if weights and j < len(weights) else ""
+            panels.append((f"reward/{name}/mean", f"{name}{weight}"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+        for ax, (key, label) in zip(axes[0], panels):
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2)
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("mean reward")
+        fig.suptitle(f"{title} ({self.path.parent.name})" if title else self.path.parent.name, fontsize=11)
         out = self.path.with_name("reward_curve.png")
         fig.tight_layout()
         fig.savefig(out, dpi=110)

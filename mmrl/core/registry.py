@@ -1,8 +1,28 @@
 """A tiny name -> function registry shared by advantages, losses, rewards and aggregations."""
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
 from typing import Callable
+
+
+def import_callable(path: str, kind: str) -> Callable:
+    """The callable `path` names as 'package.module:attribute' (the module importable from sys.path,
+    e.g. the working directory or an installed package)."""
+    module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path:  # a launched script's sys.path starts at scripts/, not where it was run
+        sys.path.append(os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise KeyError(f"{kind} '{path}': cannot import it ({type(err).__name__}: {err}); give "
+                       "'package.module:function' with the module on the Python path (run from its directory "
+                       "or pip install it)") from None
+    if not callable(fn):
+        raise KeyError(f"{kind} '{path}' is a {type(fn).__name__}, not a function")
+    return fn
 
 
 class Registry(dict):
@@ -19,8 +39,12 @@ class Registry(dict):
         return wrap
 
     def get(self, name: str) -> Callable:  # type: ignore[override]
+        """The function registered as `name`, or, for 'package.module:function', that function imported."""
+        if name not in self and ":" in name:
+            return import_callable(name, self.kind)
         if name not in self:
-            raise KeyError(f"unknown {self.kind} '{name}'; valid: {sorted(self)}")
+            raise KeyError(f"unknown {self.kind} '{name}'; valid: {sorted(self)}, or an importable "
+                           "'package.module:function'")
         return self[name]
 
     def check_params(self, name: str, params: dict, where: str, skip: tuple[str, ...] = ()) -> None:
@@ -29,9 +53,11 @@ class Registry(dict):
         sig = inspect.signature(self.get(name))
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             return
-        accepted = [p for p in sig.parameters if p not in skip]
+        # what a config may set: the keyword parameters with a default that the trainer does not supply
+        # (a loss's logp / mask / advantages, a reward's completions, are the call's own arguments)
+        accepted = [arg for arg, p in sig.parameters.items() if arg not in skip and p.default is not p.empty]
         for key in params:
-            if key in skip:
+            if key in skip or (key in sig.parameters and key not in accepted):
                 raise ValueError(f"{where}.{key}: set by the trainer, not in the config")
             if key not in sig.parameters:
                 raise ValueError(f"{where}.{key}: {self.kind} '{name}' takes no parameter '{key}'; "

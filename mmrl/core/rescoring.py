@@ -34,8 +34,8 @@ def rescore_prompts(cfg, accelerator, adapter, model, examples: list[dict], samp
                           disable=not accelerator.is_local_main_process):
             chunk = mine[start:start + per_call]
             batch = adapter.generate(policy, [examples[i] for i in chunk], n, cfg.rollout)
-            rewards, _, _ = score(cfg.rewards[:1], batch.completions_text, batch.examples,
-                                  batch.completion_lengths.tolist())
+            rewards = score(cfg.rewards[:1], batch.completions_text, batch.examples,
+                            batch.completion_lengths.tolist()).rewards
             success = rewards[:, 0].clamp(0, 1).view(len(chunk), n).tolist()
             tokens = batch.completion_token_lists()
             results += [(i, success[k], tokens[k * n:(k + 1) * n]) for k, i in enumerate(chunk)]

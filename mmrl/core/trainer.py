@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mmrl.core import advantages as advantage_estimators
@@ -32,15 +35,18 @@ from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
-from mmrl.core.batch import RolloutBatch, group_starts, loss_mask, pad_sequences
+from mmrl.core.batch import RolloutBatch, dropped_rows, group_any, group_starts, loss_mask, pad_sequences
 from mmrl.core.logprobs import selective_log_softmax
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.policy import reference_policy, unwrapped_for_generation
 from mmrl.core.rescoring import rescore_due, rescore_prompts
+from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.sft import supervised_warmup
+from mmrl.data import row_label
 from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
 from mmrl.rewards import REWARDS, score_batch
+from mmrl.rewards.registry import ON_ERROR, REWARD_ARGS
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,17 @@ def end_processes() -> None:
 
 
 def make_accelerator(cfg) -> Accelerator:
-    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
+    trackers = list(cfg.trainer.log_with)
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+    unknown = [t for t in trackers if t not in LOGGER_TYPE_TO_CLASS]
+    if unknown:
+        raise ValueError(f"trainer.log_with: {unknown} not a tracker accelerate knows; valid: {sorted(LOGGER_TYPE_TO_CLASS)}")
+    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "trackers"))
+    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, log_with=trackers or None,
+                              project_config=project if trackers else None)
+    missing = [t for t in trackers if t not in [str(getattr(x, "value", x)) for x in accelerator.log_with]]
+    if missing:
+        raise ValueError(f"trainer.log_with: {missing} not installed: pip install {' '.join(missing)}")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RuntimeError(
@@ -108,13 +124,38 @@ def validate(cfg, world_size: int) -> None:
     losses.KL_ESTIMATORS.get(a.kl_estimator)
     validate_kl_and_aggregation(a)
     for i, r in enumerate(cfg.rewards):
-        REWARDS.check_params(r.name, r.params, f"rewards.{i}.params")
+        REWARDS.check_params(r.name, r.params, f"rewards.{i}.params", skip=REWARD_ARGS)
+        if r.on_error not in ON_ERROR:
+            raise ValueError(f"rewards.{i}.on_error: '{r.on_error}' is not one of {', '.join(ON_ERROR)}")
+    if t.save_merged_model and not cfg.model.lora.enabled:
+        raise ValueError("trainer.save_merged_model merges a LoRA adapter: set model.lora.enabled: true (a full "
+                         "fine-tune's model/ is already the whole model)")
+    if t.save_merged_model and t.sharding == "fsdp2":
+        raise ValueError("trainer.save_merged_model is not available with trainer.sharding: fsdp2; merge a "
+                         "checkpoint's model/ (the adapter, which names its base) offline with peft's merge_and_unload")
+    if t.max_nonfinite_steps < 1:
+        raise ValueError(f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     if not cfg.rewards:
         raise ValueError("rewards: at least one reward function is needed")
     if cfg.inpainting.enabled and cfg.model.modality != "dllm":
         raise ValueError("inpainting.enabled (IGPO) needs a masked diffusion model: model.modality: dllm")
     if cfg.augmentation.name not in (None, "difficulty"):
         raise ValueError(f"augmentation.name: '{cfg.augmentation.name}' is not one of difficulty, null (off)")
+
+
+def check_answers(cfg, examples: list[dict]) -> None:
+    """Every row holds the field that the rewards grading against a reference answer read (those with an
+    `answer_key` parameter): a row without it would score 0 on every sample, silently."""
+    for r in cfg.rewards:
+        if "answer_key" not in inspect.signature(REWARDS.get(r.name)).parameters:
+            continue
+        key = r.params.get("answer_key", "answer")
+        field = cfg.data.answer_field if key == "answer" else key
+        for i, ex in enumerate(examples):
+            if (ex.get("_no_answer") if key == "answer" else field not in ex):
+                raise ValueError(f"{row_label(ex, i)}: no field '{field}' ({'data.answer_field' if key == 'answer' else 'the answer_key'}), "
+                                 f"which reward '{r.name}' grades against; add it to every row, or set "
+                                 f"data.answer_field to the row's answer field")
 
 
 def validate_kl_and_aggregation(a) -> None:
@@ -184,6 +225,7 @@ class GlobalRows:
     lengths: torch.Tensor        # [N]
     offset: int                  # this rank's first row
     completions: list | None = None  # [N] completion token id lists (only for samplers that need them)
+    dropped: torch.Tensor | None = None  # [N] bool: rows of groups a reward failed on (on_error: drop)
 
     def groups(self) -> tuple[list[int], list[torch.Tensor]]:
         """(example index, row indices) of each group in order."""
@@ -191,21 +233,29 @@ class GlobalRows:
         rows = torch.arange(len(self.group_ids)).split(counts.tolist())
         return [int(self.example_index[r[0]]) for r in rows], list(rows)
 
+    def select(self, rows: torch.Tensor) -> "GlobalRows":
+        """The rows `rows` (an index tensor of whole groups)."""
+        return GlobalRows(rewards=self.rewards[rows], group_ids=self.group_ids[rows],
+                          example_index=self.example_index[rows], lengths=self.lengths[rows], offset=0,
+                          completions=[self.completions[j] for j in rows.tolist()] if self.completions else None,
+                          dropped=self.dropped[rows] if self.dropped is not None else None)
+
 
 def gather_rows(accelerator, batch: RolloutBatch, with_completions: bool = False) -> GlobalRows:
     tokens = batch.completion_token_lists() if with_completions else None
     piece = (batch.rewards.cpu(), batch.group_ids.cpu(), batch.example_index.cpu(), batch.completion_lengths.cpu(),
-             tokens)
+             tokens, dropped_rows(batch).cpu())
     pieces = gather_object([piece]) if accelerator.num_processes > 1 else [piece]
     group_ids, shift, offset = [], 0, 0
-    for rank, (_, g, _, _, _) in enumerate(pieces):
+    for rank, (_, g, _, _, _, _) in enumerate(pieces):
         _, inverse = torch.unique_consecutive(g, return_inverse=True)
         group_ids.append(inverse + shift)
         shift += int(inverse.max()) + 1
         offset += len(g) if rank < accelerator.process_index else 0
     return GlobalRows(rewards=torch.cat([p[0] for p in pieces]), group_ids=torch.cat(group_ids),
                       example_index=torch.cat([p[2] for p in pieces]), lengths=torch.cat([p[3] for p in pieces]),
-                      offset=offset, completions=[t for p in pieces for t in p[4]] if with_completions else None)
+                      offset=offset, completions=[t for p in pieces for t in p[4]] if with_completions else None,
+                      dropped=torch.cat([p[5] for p in pieces]))
 
 
 def merge_across_ranks(accelerator, local: dict) -> dict:
@@ -232,7 +282,7 @@ def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: Algor
     t, sampler = cfg.trainer, state.sampler
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = t.prompts_per_step // world
-    kept, have, errors, rounds = [], 0, 0, 0
+    kept, have, errors, rounds = [], 0, {}, 0
     while True:
         rounds += 1
         indices = sampler.sample(t.prompts_per_step)
@@ -242,10 +292,10 @@ def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: Algor
             batch = adapter.generate(policy, [examples[i] for i in mine], my_sizes, cfg.rollout)
         batch.example_index = torch.tensor(mine).repeat_interleave(torch.tensor(my_sizes))
         batch = batch.to(accelerator.device)
-        errors += score_batch(cfg.rewards, batch)
+        add_counts(errors, score_batch(cfg.rewards, batch))
         if not sampler.refill:
-            return batch, {"reward_errors": errors}
-        useful = informative_rows(cfg, batch)
+            return batch, errors
+        useful = informative_rows(cfg, batch) & ~dropped_rows(batch)
         kept.append(batch.select(torch.nonzero(useful).flatten()))
         have += len(torch.unique(batch.group_ids[useful]))
         short = accelerator.reduce(torch.tensor(float(max(per_rank - have, 0)), device=accelerator.device), "max")
@@ -257,12 +307,25 @@ def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: Algor
     merged = RolloutBatch.concat([k for k in kept if len(k)])
     first_rows = group_starts(merged.group_ids)
     end = first_rows[per_rank].item() if len(first_rows) > per_rank else len(merged)
-    return merged.select(slice(0, end)), {"reward_errors": errors, "filter/rounds": rounds,
-                                          "filter/shortfall_groups": shortfall}
+    return merged.select(slice(0, end)), {**errors, "filter/rounds": rounds, "filter/shortfall_groups": shortfall}
+
+
+def add_counts(total: dict, more: dict) -> dict:
+    """`total` += `more`, key by key (counters such as reward/<name>/errors)."""
+    for key, value in more.items():
+        total[key] = total.get(key, 0) + value
+    return total
 
 
 def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence: dict | None) -> torch.Tensor:
-    """Advantages [N] of the whole step's rows (every rank computes the same) and the sampler update."""
+    """Advantages [N] of the whole step's rows (every rank computes the same) and the sampler update.
+    Groups a reward failed on (`rows.dropped`) are left out of both and get advantage 0."""
+    if rows.dropped is not None and rows.dropped.any():
+        kept = torch.nonzero(~rows.dropped).flatten()
+        adv = torch.zeros(len(rows.group_ids))
+        if len(kept):
+            adv[kept] = compute_advantages(cfg, rows.select(kept), state, divergence).to(adv)
+        return adv
     a = cfg.algorithm
     adv = advantage_estimators.compute(a.advantage, rows.rewards, rows.group_ids,
                                        reward_weights=reward_weights(cfg), state=state.advantage,
@@ -410,13 +473,20 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     Aggregation denominators are those of the whole optimizer batch on all ranks (divided by the
     number of ranks, since DDP averages gradients), so the update does not depend on how the batch
     is split into micro-batches or processes; LLDS's (a count of gated tokens) is taken before each
-    inner update after the first. `batch` must already be on the accelerator's device."""
+    inner update after the first. Groups a reward failed on (on_error: drop) count nowhere: their tokens
+    leave the loss mask. An inner update whose loss or gradient norm is not finite (on any rank) is
+    skipped and counted (`nonfinite/skipped_updates`). `batch` must already be on the accelerator's device."""
     a, t = cfg.algorithm, cfg.trainer
     world = accelerator.num_processes
-    num_groups_local = float(len(group_starts(batch.group_ids)))
-    totals = accelerator.reduce(torch.tensor([float(len(batch)), float(loss_mask(batch).sum()), num_groups_local],
+    dropped = dropped_rows(batch)
+    if dropped.any():
+        batch.extras["loss_mask"] = loss_mask(batch) * (~dropped)[:, None].to(batch.completion_mask)
+    kept_starts = group_starts(batch.group_ids)
+    num_groups_local = float((~dropped[kept_starts]).sum()) if len(kept_starts) else 0.0
+    totals = accelerator.reduce(torch.tensor([float((~dropped).sum()), float(loss_mask(batch).sum()), num_groups_local],
                                              device=accelerator.device), "sum")
-    num_seqs, num_tokens, num_groups = (totals / world).tolist()
+    num_seqs, num_tokens, num_groups = (totals / world).clamp(min=1e-8).tolist()
+    skipped = 0
     with_logits = getattr(weighting, "needs_logits", False)  # weights computed in the loss's own forward
     chunks = update_chunks(cfg, batch, weighting)
     beta = a.beta if a.kl_penalty == "loss" else 0.0
@@ -468,13 +538,20 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                 for key in ("llds/penalty", "llds/active_tokens"):
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(stats[key]) / (a.num_iterations - 1)
         grad_norm = sharding.clip_gradients(accelerator, model, cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        bad = accelerator.reduce(torch.tensor(float(not math.isfinite(loss_total)), device=accelerator.device), "sum")
+        if bad.item() > 0 or not math.isfinite(grad_norm):  # every rank sees the same sum and global norm
+            skipped += 1
+            with warnings.catch_warnings():  # torch warns of a scheduler step without an optimizer step
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()  # the schedule follows the steps taken or skipped
+        else:
+            optimizer.step()
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return {**stats_sum, "loss": loss_total, "grad_norm": grad_norm}
+    return {**stats_sum, "loss": loss_total, "grad_norm": grad_norm, "nonfinite/skipped_updates": skipped}
 
 
-COUNTED = ("reward_errors", "filter/shortfall_groups", "augment/hinted_groups", "augment/noised_groups",
+COUNTED = ("filter/shortfall_groups", "augment/hinted_groups", "augment/noised_groups",
            "igpo/all_wrong_groups", "igpo/rescued_groups", "igpo/replaced_samples")
 
 
@@ -486,14 +563,15 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
     _, _, _, spread = group_stats(total, rows.group_ids)
     first = group_starts(rows.group_ids)
     device = accelerator.device
-    counted = [k for k in COUNTED if k in local]
+    counted = sorted(k for k in local if k in COUNTED or k.endswith("/errors"))
     sums = accelerator.reduce(torch.tensor([float(local[k]) for k in counted], device=device), "sum").tolist()
-    averaged_keys = sorted(k for k in local if k not in COUNTED)
+    averaged_keys = sorted(k for k in local if k not in counted)
     per_rank = torch.tensor([float(local[k]) for k in averaged_keys], device=device)
     averaged = dict(zip(averaged_keys, accelerator.reduce(per_rank, "mean").tolist()))
-    out = {"reward/mean": total.mean(), "reward/std": total.std() if total.numel() > 1 else 0.0}
-    for j, name in enumerate(reward_names):
-        out[f"reward/{name}/mean"] = rows.rewards[:, j].mean()
+    scored = ~rows.dropped if rows.dropped is not None and not rows.dropped.all() else torch.ones_like(total, dtype=torch.bool)
+    out = {"reward/mean": total[scored].mean(), "reward/std": total[scored].std() if int(scored.sum()) > 1 else 0.0}
+    for j, name in enumerate(reward_names):  # the rewards of the groups that train (not those a reward failed on)
+        out[f"reward/{name}/mean"] = rows.rewards[scored, j].mean()
     out.update({
         "advantage/abs_mean": advantages.abs().mean(),
         "frac_degenerate_groups": float((spread[first] == 0).float().mean()),
@@ -502,7 +580,10 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
         "completion_length/mean": rows.lengths.float().mean(),
         "completion_length/max": rows.lengths.max(),
     })
-    out.update({("reward/errors" if k == "reward_errors" else k): v for k, v in zip(counted, sums)})
+    out.update(dict(zip(counted, sums)))
+    out["reward/errors"] = sum(v for k, v in zip(counted, sums) if k.startswith("reward/") and k.endswith("/errors"))
+    if rows.dropped is not None:
+        out["reward/dropped_groups"] = float(rows.dropped[first].sum())
     out.update(averaged)
     return out
 
@@ -515,13 +596,17 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     modality methods run on each rank's scored batch before the advantages, each
     fn(cfg, accelerator, adapter, model, batch, step) -> (batch, metrics) (e.g. IGPO's inpainting)."""
     assert_adapter(adapter)
+    claim_output_dir(cfg)  # the scripts claim it before building the model; again for direct callers
     accelerator = accelerator or make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
+    check_answers(cfg, examples)
     if hasattr(adapter, "check_rollout"):  # e.g. masked diffusion: block length / steps must divide
         adapter.check_rollout(cfg.rollout)
     set_seed(cfg.trainer.seed)
     world = accelerator.num_processes
     resume = checkpoint.resolve_resume(cfg.resume_from, cfg.output_dir)
+    if resume is not None:
+        checkpoint.check_resumed_config(resume, asdict(cfg))
     accelerator.print(f"mmrl: world_size={world} device={accelerator.device} "
                       f"distributed={accelerator.distributed_type.value} sharding={cfg.trainer.sharding} resume={resume}")
 
@@ -559,7 +644,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     start = checkpoint.load(accelerator, resume, model, optimizer, cfg.trainer.sharding)["step"] \
         if resume is not None else 0
     metrics_log = MetricsLog(cfg.output_dir, enabled=accelerator.is_main_process,
-                             resume_step=start if resume is not None else None)
+                             resume_step=start if resume is not None else None,
+                             append=cfg.resume_from is not None and resume is None)
     weights = reward_weights(cfg)
     spo_adaptive = isinstance(state.advantage, SPOTracker) and \
         cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
@@ -568,8 +654,10 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
         eval_root = eval_cache_root(cfg, resume is None, accelerator)
 
+    start_trackers(cfg, accelerator)
     progress = tqdm(range(start, cfg.trainer.max_steps), initial=start, total=cfg.trainer.max_steps,
-                    desc=cfg.algorithm.advantage, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+                    desc=method_label(cfg), disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    nonfinite_run = 0  # consecutive steps whose every update was skipped for a non-finite loss or gradient
     for step in progress:
         t0 = time.perf_counter()
         if rescore_due(state.sampler, step):  # VAS with rescore_every: fresh rollouts of every prompt
@@ -578,7 +666,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
         if state.augmentation is not None:  # DeepVideo-R1: hints for hard prompts, frame noise for easy ones
             batch, augmented = augment(cfg, accelerator, adapter, model, batch, state.augmentation, step)
-            local["reward_errors"] += augmented.pop("reward_errors", 0)
+            add_counts(local, {k: augmented.pop(k) for k in list(augmented) if k.endswith("/errors")})
             local.update(augmented)
         for method in post_rollout:
             batch, extra = method(cfg, accelerator, adapter, model, batch, step)
@@ -612,19 +700,72 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
             with unwrapped_for_generation(accelerator, model) as policy:
                 metrics.update(evaluate_policy(cfg, accelerator, adapter, policy, benchmarks, eval_root, step + 1))
         record = metrics_log.log(step + 1, metrics)
-        progress.set_postfix(reward=f"{record['reward/mean']:.3f}", loss=f"{record['loss']:.4f}")
+        accelerator.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step + 1)
+        progress.set_postfix(progress_fields(record, batch.reward_names), refresh=False)
         if accelerator.is_main_process and (step + 1) % cfg.trainer.log_every == 0:
             progress.write(format_metrics(record))
         if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
             checkpoint.save(accelerator, cfg.output_dir, step + 1, model, adapter, asdict(cfg), optimizer=optimizer,
                             sharding=cfg.trainer.sharding, save_hf_model=cfg.trainer.save_hf_model,
-                            keep=cfg.trainer.save_total_limit)
+                            keep=cfg.trainer.save_total_limit, merge_lora=cfg.trainer.save_merged_model)
+            if accelerator.is_main_process:  # the curve so far, also for a run that later crashes
+                metrics_log.plot_rewards(reward_names=batch.reward_names, weights=weights, title=method_label(cfg))
+        nonfinite_run = nonfinite_run + 1 if record["nonfinite/skipped_updates"] == cfg.algorithm.num_iterations else 0
+        if nonfinite_run and nonfinite_run >= cfg.trainer.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{nonfinite_run} steps in a row had a non-finite loss or gradient norm (all their updates skipped; "
+                f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps}). Lower optim.lr, check the rewards "
+                f"and the model dtype (model.dtype, trainer.mixed_precision); resume_from=latest continues from "
+                f"the last checkpoint")
     progress.close()
     if accelerator.is_main_process:
-        metrics_log.plot_rewards()
         accelerator.print(metrics_log.summary())
+    for tracker in accelerator.trackers:
+        tracker.finish()
     accelerator.wait_for_everyone()
     return metrics_log
+
+
+def method_label(cfg) -> str:
+    """The method's name for the progress bar and plots: the loss, then what differs from plain GRPO."""
+    a = cfg.algorithm
+    parts = [a.loss, a.advantage, a.token_weighting, cfg.sampler.name if cfg.sampler.name != "uniform" else None,
+             "igpo" if cfg.inpainting.enabled else None, f"{cfg.augmentation.name}-aug" if cfg.augmentation.name else None,
+             f"kl{a.beta:g}" if a.beta > 0 else None]
+    return "+".join(dict.fromkeys(p for p in parts if p))
+
+
+def progress_fields(record: dict, reward_names: list[str]) -> dict:
+    """The progress bar's metrics that move: the total reward, each reward's mean, KL, entropy, and
+    skipped updates when there are any (the loss of an on-policy step is ~0 by construction)."""
+    def short(value) -> str:
+        return "nan" if value is None else f"{value:.3g}"
+    fields = {"reward": short(record.get("reward/mean"))}
+    for name in reward_names:
+        fields[name] = short(record.get(f"reward/{name}/mean"))
+    for key in ("kl", "entropy"):
+        if key in record:
+            fields[key] = short(record[key])
+    if record.get("nonfinite/skipped_updates"):
+        fields["skipped"] = record["nonfinite/skipped_updates"]
+    return fields
+
+
+def start_trackers(cfg, accelerator) -> None:
+    """Start the experiment trackers of `trainer.log_with` (accelerate's: TensorBoard under
+    <output_dir>/trackers, W&B, Trackio, ...) with the run's config, flattened to dotted keys."""
+    if not cfg.trainer.log_with or accelerator.trackers:
+        return
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    walk("", asdict(cfg))
+    accelerator.init_trackers(cfg.trainer.run_name or Path(cfg.output_dir).resolve().name, config=flat)
 
 
 def format_metrics(record: dict) -> str:

@@ -116,8 +116,9 @@ def grade(bench: Benchmark, records: list[dict], threshold: float) -> dict:
     flat = [by_row[i][s] for i in rows for s in range(bench.num_samples)]
     examples = [bench.examples[r["row"]] for r in flat]
     reward_fn = REWARDS.get(bench.reward)
-    values, _, errors = score([RewardConfig(name=bench.reward, params=bench.reward_params)],
-                              [r["completion"] for r in flat], examples, [r["length"] for r in flat])
+    values, _, failures, _ = score([RewardConfig(name=bench.reward, params=bench.reward_params, on_error="zero")],
+                                   [r["completion"] for r in flat], examples, [r["length"] for r in flat])
+    errors = failures[bench.reward]
     correct = (values[:, 0] >= threshold).tolist()
     extract = getattr(reward_fn, "extract_answer", None)
     same = getattr(reward_fn, "same_answer", None)

@@ -53,8 +53,12 @@ def prepare_for_training(model, model_cfg):
         from peft import LoraConfig, get_peft_model
 
         lora = model_cfg.lora
+        # the adapter's config names its base by absolute path, so `from_pretrained` on a checkpoint's model/
+        # finds it without the hub (a tiny random base has no directory: trainer.save_merged_model writes one)
+        base = None if model_cfg.name_or_path == "tiny" else str(Path(model_cfg.name_or_path).resolve())
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                                                 base_model_name_or_path=base))
         if model_cfg.gradient_checkpointing:
             model.enable_input_require_grads()
     return model

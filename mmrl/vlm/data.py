@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmrl.data import read_jsonl, resolve_source, to_example
+from mmrl.data import read_jsonl, resolve_source, row_label, to_example
 from mmrl.data import synthetic
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,15 @@ def image_list(row: dict, field: str, index: int) -> list:
     images = value if isinstance(value, list) else [value]
     for im in images:
         if isinstance(im, str) and im.startswith(("http://", "https://")):
-            raise ValueError(f"row {index}: image '{im}' is a URL; mmrl does not download at run time. "
+            raise ValueError(f"{row_label(row, index)}: image '{im}' is a URL; mmrl does not download at run time. "
                              f"Download it and put the local path in the '{field}' field")
     return images
 
 
-def resolve_images(images: list, base: Path) -> list | None:
-    """Absolute paths of readable images (PIL images pass through); None if any is missing or corrupt."""
+def resolve_images(images: list, base: Path, where: str = "a row") -> list | None:
+    """Absolute paths of readable images (PIL images pass through); None if any is missing or corrupt.
+    Each image is decoded in full (PIL's verify() reads only a JPEG's headers, so a truncated file
+    would pass it and fail later, mid-rollout)."""
     from PIL import Image
 
     out = []
@@ -45,8 +47,10 @@ def resolve_images(images: list, base: Path) -> list | None:
         try:
             with Image.open(path) as opened:
                 opened.verify()
-        except (OSError, SyntaxError, ValueError) as err:
-            log.warning("skipping a row: image %s unreadable (%s)", path, err)
+            with Image.open(path) as opened:  # verify() leaves the image unusable: reopen to decode it
+                opened.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            log.warning("skipping %s: image %s unreadable (%s)", where, path, err)
             return None
         out.append(str(path))
     return out
@@ -80,7 +84,7 @@ def image_examples(rows: list[dict], data_cfg, base: Path) -> tuple[list[dict], 
     base = Path(data_cfg.image_root) if data_cfg.image_root else base
 
     def entries(row: dict, index: int) -> list[dict] | None:
-        images = resolve_images(image_list(row, data_cfg.image_field, index), base)
+        images = resolve_images(image_list(row, data_cfg.image_field, index), base, row_label(row, index))
         return None if images is None else [{"type": "image", "image": im} for im in images]
 
     return vision_examples(rows, data_cfg, entries, "image")

@@ -130,3 +130,68 @@ def test_deepspeed_is_refused_at_start(monkeypatch):
     fake.distributed_type = DistributedType.FSDP
     with pytest.raises(NotImplementedError, match="set trainer.sharding: fsdp2"):
         trainer.make_accelerator(load_config(None, []))
+
+
+def sgd_update(accelerator, batch, overrides=()):
+    """One SGD step (lr 1, KL to a reference) of a fresh tiny model on `batch`: (parameters, stats)."""
+    import copy
+
+    cfg = load_config(None, ["rollout.max_new_tokens=6", "algorithm.beta=0.04", "optim.max_grad_norm=1e9",
+                             *overrides])
+    tok = build_tokenizer()
+    model = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = trainer.build_scheduler(optimizer, cfg.optim, 10)
+    adapter = CausalLMAdapter(tok, prefix_sharing=True)
+    trainer.record_behaviour_logps(cfg, accelerator, adapter, model, reference, batch)
+    stats = trainer.policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_a_group_a_reward_failed_on_leaves_the_update_as_if_it_were_not_there(accelerator, aggregation):
+    """on_error: drop. One failed row in group 2 drops all 4 of its rows: the step equals the step on the
+    batch without group 2 (policy-gradient and KL terms, and the denominators, which count 12 rows)."""
+    from tests.distributed.ddp_update import global_batch
+
+    batch = global_batch(len(build_tokenizer()))
+    batch.reward_failed = torch.zeros(16, dtype=torch.bool)
+    batch.reward_failed[9] = True
+    dropped, stats = sgd_update(accelerator, batch, [f"algorithm.aggregation={aggregation}"])
+    without, _ = sgd_update(accelerator, batch.select(torch.tensor([*range(8), *range(12, 16)])),
+                            [f"algorithm.aggregation={aggregation}"])
+    kept_all, _ = sgd_update(accelerator, global_batch(len(build_tokenizer())), [f"algorithm.aggregation={aggregation}"])
+    assert stats["nonfinite/skipped_updates"] == 0
+    assert any(not torch.equal(without[k], kept_all[k]) for k in without)  # group 2 does matter when kept
+    for name, value in without.items():
+        torch.testing.assert_close(dropped[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_non_finite_loss_skips_the_update(accelerator):
+    from tests.distributed.ddp_update import global_batch
+
+    batch = global_batch(len(build_tokenizer()))
+    batch.advantages[3] = float("nan")
+    after, stats = sgd_update(accelerator, batch)
+    tok = build_tokenizer()
+    before = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0).state_dict()
+    assert stats["nonfinite/skipped_updates"] == 1 and not math.isfinite(stats["loss"])
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_advantages_leave_out_the_groups_a_reward_failed_on():
+    """GRPO over groups [1, 0] (failed), [1, 0], [0, 1]: the failed group gets 0; the others their
+    group z-scores +-0.7071 (the same with or without it); the sampler sees only the kept groups."""
+    cfg = load_config(None, ["rewards=[{name: accuracy_math}]"])
+    rows = trainer.GlobalRows(rewards=torch.tensor([[1.0], [0.0], [1.0], [0.0], [0.0], [1.0]]),
+                              group_ids=torch.tensor([0, 0, 1, 1, 2, 2]), example_index=torch.tensor([5, 5, 6, 6, 7, 7]),
+                              lengths=torch.ones(6), offset=0,
+                              dropped=torch.tensor([True, True, False, False, False, False]))
+    state = trainer.AlgorithmState(cfg, 10)
+    seen = []
+    state.sampler.update = lambda indices, successes, **kw: seen.append(indices)
+    adv = trainer.compute_advantages(cfg, rows, state, None)
+    r = 1 / math.sqrt(2)
+    assert adv.tolist() == pytest.approx([0, 0, r, -r, -r, r], abs=1e-4)
+    assert seen == [[6, 7]]

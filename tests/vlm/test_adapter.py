@@ -121,10 +121,31 @@ def test_missing_and_corrupt_images_skip_rows(tmp_path):
     assert content[1]["text"] == "d?\nA. red\nB. blue"
 
 
+def test_a_truncated_jpeg_is_skipped_at_load_and_named(tmp_path, caplog):
+    """PIL's verify() reads only a JPEG's headers: a file cut in half passed it and then failed mid-rollout
+    ('image file is truncated', naming no file). Decoded at load, its row is skipped and counted."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "whole.jpg", quality=95)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    with Image.open(tmp_path / "cut.jpg") as opened:
+        opened.verify()  # the old check: passes
+    rows = [{"question": "a?", "answer": "1", "images": ["whole.jpg"]},
+            {"question": "b?", "answer": "2", "images": ["cut.jpg"]}]
+    path = write_rows(tmp_path, rows)
+    cfg = load_config(None, [f"data.source={path}"])
+    examples, skipped = load_image_examples(cfg.data)
+    assert skipped == 1 and [e["answer"] for e in examples] == ["1"]
+    assert f"skipping {path}:2: image {tmp_path / 'cut.jpg'} unreadable" in caplog.text
+
+
 def test_image_url_is_refused(tmp_path):
     rows = [{"question": "a?", "answer": "1", "images": ["https://example.com/x.png"]}]
     cfg = load_config(None, [f"data.source={write_rows(tmp_path, rows)}"])
-    with pytest.raises(ValueError, match="is a URL; mmrl does not download"):
+    with pytest.raises(ValueError, match=r"data.jsonl:1: image .* is a URL; mmrl does not download"):
         load_image_examples(cfg.data)
 
 
