@@ -1,4 +1,5 @@
-# `make demo`: build .venv and train the tiny text GRPO recipe on CPU.
+# `make demo`: build .venv and train the tiny text GRPO recipe on CPU (config overrides in ARGS, e.g.
+#   make demo ARGS="overwrite_output_dir=true" to train it again from scratch).
 # `make test`: build/update .venv and run the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,7 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		scripts/train_text.py --config configs/tiny_text_grpo.yaml
+		scripts/train_text.py --config configs/tiny_text_grpo.yaml $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs --durations=15 tests

@@ -453,11 +453,40 @@ def config_from_cli(argv, description: str, modality: str | None = None, cls=Con
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=20")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_repeated_warnings()
     cfg = load_config(args.config, args.overrides, cls=cls)
     if modality is not None and cfg.model.modality != modality:
         raise SystemExit(f"model.modality={cfg.model.modality!r}: this script trains model.modality: {modality}; "
                          "use the script of that modality")
     return cfg
+
+
+class _FirstOfEach:
+    """A logging filter that lets the first record of each message through and drops its repeats."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def quiet_repeated_warnings() -> None:
+    """Library warnings that repeat at every step or checkpoint are shown once: Python warnings of each
+    text once (not once per call site and module), and accelerate's note on the tied embeddings that
+    every checkpoint save logs ('Removed shared tensor ...')."""
+    import logging
+    import warnings
+
+    warnings.simplefilter("once", FutureWarning)
+    warnings.simplefilter("once", UserWarning)
+    logger = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _FirstOfEach) for f in logger.filters):
+        logger.addFilter(_FirstOfEach())
 
 
 def _parse_value(raw: str):

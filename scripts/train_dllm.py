@@ -15,7 +15,7 @@ from mmrl.data import load_examples
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="dllm")
-    claim_output_dir(cfg)  # refused or unwritable: before the model is built
+    claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
     model, adapter = dllm.build(cfg)
     return train(cfg, adapter, model, load_examples(cfg.data), post_rollout=[inpaint] if cfg.inpainting.enabled else [])
 

@@ -23,7 +23,7 @@ GRID_PROMPTS, GRID_PER_PROMPT = 4, 4
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="mdm")
-    claim_output_dir(cfg)  # refused or unwritable: before the model is built
+    claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
     policy, adapter = dllm.image.build(cfg)
     examples = load_examples(cfg.data)
     accelerator = make_accelerator(cfg)

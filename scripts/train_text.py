@@ -12,7 +12,7 @@ from mmrl.data import load_examples
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="text")
-    claim_output_dir(cfg)  # refused or unwritable: before the model is built
+    claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
     model, adapter = text.build(cfg)
     return train(cfg, adapter, model, load_examples(cfg.data))
 

@@ -14,7 +14,7 @@ from video.data import load_video_examples
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="video")
-    claim_output_dir(cfg)  # refused or unwritable: before the model is built
+    claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
     model, adapter = video.build(cfg)
     check = adapter.frames.get if cfg.data.video_check == "decode" else adapter.check_open
     examples, skipped = load_video_examples(cfg.data, check, cfg.output_dir)

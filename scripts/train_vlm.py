@@ -13,7 +13,7 @@ from mmrl.vlm.data import load_image_examples
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="vlm")
-    claim_output_dir(cfg)  # refused or unwritable: before the model is built
+    claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
     model, adapter = vlm.build(cfg)
     examples, skipped = load_image_examples(cfg.data)
     return train(cfg, adapter, model, examples, data_stats={"data/skipped": skipped})

@@ -39,10 +39,20 @@ def previous_run(output_dir: str | Path) -> str | None:
     return " and ".join(parts)
 
 
-def claim_output_dir(cfg) -> Path:
+def claim_output_dir(cfg, exit_on_error: bool = False) -> Path:
     """Check that this run may write `cfg.output_dir` and can: refuse a directory holding another run
     (unless resuming or overwriting), delete the old run's files with `overwrite_output_dir`, create the
-    directory and write a probe file from every process. Safe to call more than once."""
+    directory and write a probe file from every process. Safe to call more than once. `exit_on_error`
+    (the scripts): a refusal ends the process with its message alone, not a traceback."""
+    try:
+        return _claim(cfg)
+    except ValueError as err:
+        if exit_on_error:
+            raise SystemExit(f"mmrl: {err}") from None
+        raise
+
+
+def _claim(cfg) -> Path:
     root = Path(cfg.output_dir)
     rank = int(os.environ.get("RANK", "0"))
     # with overwrite_output_dir only rank 0 looks (and deletes): the others would race its deletion

@@ -765,7 +765,10 @@ def start_trackers(cfg, accelerator) -> None:
         else:
             flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
     walk("", asdict(cfg))
-    accelerator.init_trackers(cfg.trainer.run_name or Path(cfg.output_dir).resolve().name, config=flat)
+    name = cfg.trainer.run_name or Path(cfg.output_dir).resolve().name
+    where = Path(cfg.output_dir) / "trackers"  # W&B's run files (offline runs too) beside TensorBoard's
+    where.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers(name, config=flat, init_kwargs={"wandb": {"dir": str(where), "name": name}})
 
 
 def format_metrics(record: dict) -> str:

@@ -79,7 +79,7 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
             if self.prefix_sharing and bool((sizes > 1).any()) else None
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **sampling_kwargs(rollout_cfg),
                              pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids, use_cache=True,
-                             past_key_values=cache)
+                             cache=cache)
         model.train(was_training)
         completion_ids, completion_mask, texts = sampled_completions(out, prompt_ids.shape[1], self.tokenizer,
                                                                      self.eos_token_ids)
@@ -103,7 +103,7 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
         ids, mask = prompt_ids[firsts, :-1], prompt_mask[firsts, :-1]
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
-              past_key_values=cache, use_cache=True)
+              cache=cache, use_cache=True)
         cache.batch_select_indices(torch.arange(len(sizes), device=prompt_ids.device).repeat_interleave(sizes.to(prompt_ids.device)))
         return cache
 

@@ -104,9 +104,33 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         return loss * float("nan"), stats
     monkeypatch.setattr(losses, "compute", nan_loss)
     with pytest.raises(FloatingPointError, match="2 steps in a row had a non-finite loss.*max_nonfinite_steps=2"):
-        run_text(tmp_path, "trainer.max_steps=5", "trainer.max_nonfinite_steps=2", "sft.steps=0")
+        run_text(tmp_path, "trainer.max_steps=5", "trainer.max_nonfinite_steps=2", "sft.steps=0",
+                 "trainer.save_every=1")
     lines = metric_lines(tmp_path)
     assert [r["nonfinite/skipped_updates"] for r in lines] == [1, 1] and lines[-1]["loss"] is None
+    # the crashed run has its reward curve (drawn at each checkpoint, not only at the end)
+    assert (tmp_path / "reward_curve.png").stat().st_size > 1000
+
+
+def test_the_progress_bar_names_the_method_and_shows_what_moves():
+    from mmrl.core.trainer import method_label, progress_fields
+
+    cfg = load_config(ROOT / "configs" / "tiny_text_grpo.yaml", ["algorithm.loss=gspo", "algorithm.beta=0.04",
+                                                                   "sampler.name=dynamic_filter"])
+    assert method_label(cfg) == "gspo+grpo+dynamic_filter+kl0.04"
+    record = {"reward/mean": 0.41234, "reward/accuracy_math/mean": 0.25, "reward/format/mean": None, "kl": 0.00123,
+              "entropy": 2.5, "loss": -0.0, "nonfinite/skipped_updates": 0}
+    assert progress_fields(record, ["accuracy_math", "format"]) == {
+        "reward": "0.412", "accuracy_math": "0.25", "format": "nan", "kl": "0.00123", "entropy": "2.5"}
+
+
+def test_make_demo_twice_refuses_and_says_what_to_do(tmp_path):
+    argv = ["--config", str(ROOT / "configs" / "tiny_text_grpo.yaml"), f"output_dir={tmp_path}", "trainer.max_steps=1",
+            "sft.steps=0", "trainer.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4"]
+    script_main("train_text")(argv)
+    with pytest.raises(SystemExit, match=r"^mmrl: output_dir: .* already holds a run .*Continue it with "
+                                         r"resume_from=latest, start over and delete it with overwrite_output_dir=true"):
+        script_main("train_text")(argv)
 
 
 def script_main(name: str):
@@ -122,7 +146,7 @@ def test_an_unwritable_output_dir_fails_before_the_model_is_built(tmp_path, monk
 
     monkeypatch.setattr(text, "build", lambda cfg: pytest.fail("the model was built"))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match=r"output_dir: '.*file/run' cannot be written \(NotADirectoryError"):
+    with pytest.raises(SystemExit, match=r"mmrl: output_dir: '.*file/run' cannot be written \(NotADirectoryError"):
         script_main("train_text")(["--config", str(ROOT / "configs" / "tiny_text_grpo.yaml"),
                                    f"output_dir={tmp_path / 'file' / 'run'}"])
     cfg = load_config(None, [f"output_dir={tmp_path / 'fresh' / 'deeper'}"])
@@ -177,6 +201,19 @@ def test_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path):
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in lines], rel=1e-6)
 
 
+def test_wandb_offline_and_tensorboard_at_once(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_text(tmp_path, "trainer.max_steps=2", "trainer.log_with=[wandb, tensorboard]")
+    # the offline run file (protobuf records, each history value stored as its JSON text): every step's entropy
+    (run_file,) = (tmp_path / "trackers" / "wandb").glob("offline-run-*/run-*.wandb")
+    stored = run_file.read_bytes()
+    for line in metric_lines(tmp_path):
+        assert b"entropy" in stored and json.dumps(line["entropy"]).encode() in stored
+    assert list((tmp_path / "trackers" / tmp_path.name).glob("events.out.tfevents.*"))
+
+
 def test_an_unknown_or_missing_tracker_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"trainer.log_with: \['nope'\] not a tracker accelerate knows"):
         run_text(tmp_path, "trainer.max_steps=1", "trainer.log_with=[nope]")
@@ -218,3 +255,17 @@ def test_lora_checkpoints_name_their_base_and_can_be_merged(tmp_path):
         expected = trained.eval()(ids).logits
         torch.testing.assert_close(merged(ids).logits, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(from_adapter(ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_repeated_library_warnings_are_shown_once(caplog):
+    import warnings
+
+    from mmrl.config import quiet_repeated_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        quiet_repeated_warnings()
+        for _ in range(3):
+            warnings.warn("`past_key_values` is deprecated", FutureWarning)
+            logging.getLogger("accelerate.utils.other").warning("Removed shared tensor {'lm_head.weight'} while saving")
+    assert len([w for w in caught if "past_key_values" in str(w.message)]) == 1
+    assert caplog.text.count("Removed shared tensor") == 1
