@@ -272,6 +272,7 @@ class TrainerConfig:
     log_every: int = 1
     log_with: list[str] = field(default_factory=list)  # experiment trackers (accelerate's): tensorboard (<output_dir>/trackers), wandb, trackio, ... several at once
     run_name: str | None = None  # the trackers' run / project name (None: the output_dir's name)
+    peak_tflops: float | None = None  # one device's peak TFLOP/s for perf/mfu (None: the table's for A100/H100/H200/B200/L40S/A10G in bf16/fp16; no MFU on CPU)
     max_nonfinite_steps: int = 3  # stop after this many steps in a row whose updates all had a non-finite loss or gradient (each is skipped)
     save_merged_model: bool = False  # LoRA: also write merged/, the base model with the adapter merged in (from_pretrained-loadable without the base)
 

@@ -30,6 +30,11 @@ METRICS = {
     "grad_norm": "gradient norm before clipping (last inner update)",
     "lr": "learning rate",
     "step_time_s": "wall time of the whole step",
+    "perf/gen_tokens_per_s": "completion tokens generated per second of the rollout phase, per device",
+    "perf/train_tokens_per_s": "prompt + completion tokens x num_iterations per second of the update phase, per device",
+    "perf/tflops": "counted model FLOPs of the step per second, per device (mmrl.core.throughput)",
+    "perf/mfu": "perf/tflops / the device's peak (trainer.peak_tflops or the GPU table; absent on CPU)",
+    "time/<phase>_s": "wall time of the step's phases: rollout (generation, rewards, augmentation), logprobs (old / reference), advantage, update",
     "world_size": "number of training processes",
     "eval/<benchmark>/<metric>": "eval.every: pass@k, maj@k, mean@k, no_answer, length per benchmark and average",
 }
@@ -89,6 +94,12 @@ class MetricsLog:
         for key in keys:
             first, last = first_last_fraction([r[key] for r in self.history if r.get(key) is not None], fraction)
             lines.append(f"  {key}: {first:.3f} -> {last:.3f} ({last - first:+.3f})")
+        steady = self.history[1:] or self.history  # the first step warms up (allocations, kernels)
+        perf = [k for k in (self.history[-1] if self.history else {}) if k.startswith(("perf/", "time/"))]
+        if perf:
+            means = {k: sum(r[k] for r in steady if r.get(k) is not None) / len(steady) for k in perf}
+            lines.append(f"throughput per device, mean of {len(steady)} steps: " +
+                         ", ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in means.items()))
         return "\n".join(lines)
 
     def plot_rewards(self, reward_names: list[str] | None = None, weights: list[float] | None = None,

@@ -42,6 +42,7 @@ from mmrl.core.policy import reference_policy, unwrapped_for_generation
 from mmrl.core.rescoring import rescore_due, rescore_prompts
 from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.sft import supervised_warmup
+from mmrl.core.throughput import FlopCounter, peak_tflops, step_throughput
 from mmrl.data import row_label
 from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
@@ -655,46 +656,61 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         eval_root = eval_cache_root(cfg, resume is None, accelerator)
 
     start_trackers(cfg, accelerator)
+    counter = FlopCounter()  # throughput and MFU (mmrl.core.throughput)
+    for counted in (model, ref_model):
+        if counted is not None:
+            counter.attach(counted)
+    compute_dtype = torch.bfloat16 if cfg.trainer.mixed_precision == "bf16" else \
+        torch.float16 if cfg.trainer.mixed_precision == "fp16" else next(model.parameters()).dtype
+    peak = peak_tflops(cfg.trainer.peak_tflops, accelerator.device, compute_dtype)
     progress = tqdm(range(start, cfg.trainer.max_steps), initial=start, total=cfg.trainer.max_steps,
                     desc=method_label(cfg), disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     nonfinite_run = 0  # consecutive steps whose every update was skipped for a non-finite loss or gradient
     for step in progress:
         t0 = time.perf_counter()
-        if rescore_due(state.sampler, step):  # VAS with rescore_every: fresh rollouts of every prompt
-            rescored = rescore_prompts(cfg, accelerator, adapter, model, examples, state.sampler)
-        # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
-        batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
-        if state.augmentation is not None:  # DeepVideo-R1: hints for hard prompts, frame noise for easy ones
-            batch, augmented = augment(cfg, accelerator, adapter, model, batch, state.augmentation, step)
-            add_counts(local, {k: augmented.pop(k) for k in list(augmented) if k.endswith("/errors")})
-            local.update(augmented)
-        for method in post_rollout:
-            batch, extra = method(cfg, accelerator, adapter, model, batch, step)
-            local.update(extra)
+        counter.reset()
+        with counter.phase("rollout", accelerator.device):
+            if rescore_due(state.sampler, step):  # VAS with rescore_every: fresh rollouts of every prompt
+                rescored = rescore_prompts(cfg, accelerator, adapter, model, examples, state.sampler)
+            # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
+            batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
+            if state.augmentation is not None:  # DeepVideo-R1: hints for hard prompts, frame noise for easy ones
+                batch, augmented = augment(cfg, accelerator, adapter, model, batch, state.augmentation, step)
+                add_counts(local, {k: augmented.pop(k) for k in list(augmented) if k.endswith("/errors")})
+                local.update(augmented)
+            for method in post_rollout:
+                batch, extra = method(cfg, accelerator, adapter, model, batch, step)
+                local.update(extra)
         # OLD / REFERENCE LOG-PROBS (and, with kl_penalty: reward, the KL as a reward column)
-        behaviour = record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch, weighting)
+        with counter.phase("logprobs", accelerator.device):
+            behaviour = record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch, weighting)
         if behaviour is not None:
             add_kl_reward_penalty(cfg, batch, behaviour)
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
-        rows = gather_rows(accelerator, batch, with_completions=getattr(state.sampler, "needs_completions", False))
-        divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \
-            if spo_adaptive else None
-        advantages = compute_advantages(cfg, rows, state, divergence)
+        with counter.phase("advantage", accelerator.device):
+            rows = gather_rows(accelerator, batch, with_completions=getattr(state.sampler, "needs_completions", False))
+            divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \
+                if spo_adaptive else None
+            advantages = compute_advantages(cfg, rows, state, divergence)
         if hasattr(state.sampler, "metrics"):
             local.update(state.sampler.metrics())
         if rescore_due(state.sampler, step):
             local["vas/rescored_completions"] = rescored
         batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
-        if weighting is not None:
-            weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))
         # UPDATE: mu optimizer steps on this batch
-        local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
-        if spo_adaptive:
-            spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass)
+        with counter.phase("update", accelerator.device):
+            if weighting is not None:
+                weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))
+            local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
+            if spo_adaptive:
+                spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass)
         # LOG + SAVE
+        step_time = time.perf_counter() - t0
         metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local)
-        metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=time.perf_counter() - t0, world_size=world,
-                       **(data_stats or {}))
+        metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=step_time, world_size=world, **(data_stats or {}))
+        trained = int(batch.prompt_mask.sum() + batch.completion_mask.sum()) * cfg.algorithm.num_iterations
+        metrics.update(step_throughput(accelerator, counter, step_time, int(batch.completion_mask.sum()), trained,
+                                       peak))
         last = step + 1 == cfg.trainer.max_steps
         if cfg.eval.every > 0 and ((step + 1) % cfg.eval.every == 0 or last):
             with unwrapped_for_generation(accelerator, model) as policy:
@@ -718,6 +734,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                 f"and the model dtype (model.dtype, trainer.mixed_precision); resume_from=latest continues from "
                 f"the last checkpoint")
     progress.close()
+    counter.detach()
     if accelerator.is_main_process:
         accelerator.print(metrics_log.summary())
     for tracker in accelerator.trackers:

@@ -25,7 +25,7 @@ def test_short_run_logs_metrics_plots_and_saves_a_loadable_model(tmp_path):
     assert (ckpt / "run_state.yaml").exists() and not list(tmp_path.glob("checkpoints/*.tmp"))
     model, _ = load_causal_lm(ModelConfig(name_or_path=str(ckpt / "model")))
     assert model.config.hidden_size == 64
-    assert set(k for k in METRICS if "<" not in k) <= set(lines[-1])
+    assert set(k for k in METRICS if "<" not in k) - {"perf/mfu"} <= set(lines[-1])  # no MFU without a peak (CPU)
 
 
 def test_resume_continues_exactly(tmp_path):
