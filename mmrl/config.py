@@ -268,7 +268,7 @@ class TrainerConfig:
     save_total_limit: int = 2
     save_hf_model: bool = True  # also write a from_pretrained-loadable model/ in each checkpoint
     logprob_chunk_rows: int = 4
-    prefix_sharing: bool = True  # score each group's prompt once (exact; text models with eager / sdpa attention)
+    prefix_sharing: bool = True  # score each group's prompt once (exact; eager / sdpa attention), and prefill it once in generation (its KV cache shared by the group's rows)
     log_every: int = 1
     log_with: list[str] = field(default_factory=list)  # experiment trackers (accelerate's): tensorboard (<output_dir>/trackers), wandb, trackio, ... several at once
     run_name: str | None = None  # the trackers' run / project name (None: the output_dir's name)

@@ -59,5 +59,6 @@ def build(cfg, training: bool = True, adapter_cls=VLMAdapter, **adapter_kwargs):
     adapter = adapter_cls(processor, min_pixels=cfg.model.vision.min_pixels, max_pixels=cfg.model.vision.max_pixels,
                           logprob_chunk_rows=cfg.trainer.logprob_chunk_rows, temperature=cfg.rollout.temperature,
                           share_vision=cfg.model.vision.share_features,
-                          prefix_sharing=use_prefix_sharing(cfg.trainer.prefix_sharing, model), **adapter_kwargs)
+                          prefix_sharing=use_prefix_sharing(cfg.trainer.prefix_sharing, model),
+                          prompt_cache=cfg.trainer.prefix_sharing, **adapter_kwargs)
     return model, adapter

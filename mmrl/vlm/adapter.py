@@ -104,7 +104,8 @@ class VLMAdapter(LogProbsFromLogits):
     """Prompts are left padded, completions right padded; log-probs at the sampling temperature."""
 
     def __init__(self, processor, min_pixels: int = 3136, max_pixels: int = 501_760, logprob_chunk_rows: int = 4,
-                 temperature: float = 1.0, share_vision: bool = True, prefix_sharing: bool = False):
+                 temperature: float = 1.0, share_vision: bool = True, prefix_sharing: bool = False,
+                 prompt_cache: bool = True):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -114,6 +115,7 @@ class VLMAdapter(LogProbsFromLogits):
         self.temperature = temperature
         self.share_vision = share_vision  # one vision-tower pass per group (generate and score), not per row
         self.prefix_sharing = prefix_sharing  # scoring: one packed row per group (mmrl.core.prefix)
+        self.prompt_cache = prompt_cache  # generation: each group's prompt prefilled once, its KV cache shared
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
         ids = self.tokenizer.convert_tokens_to_ids
@@ -191,23 +193,56 @@ class VLMAdapter(LogProbsFromLogits):
     @torch.no_grad()
     def generate(self, model, examples: list[dict], group_size: int | list[int], rollout_cfg) -> RolloutBatch:
         sizes = group_sizes(group_size, len(examples))
-        prompt_ids, prompt_mask, extras = self._encode_prompts(examples)
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(sizes, 0), prompt_mask.repeat_interleave(sizes, 0)
-        extras = {k: v.repeat_interleave(sizes, 0) for k, v in extras.items()}
-        group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
-        device = next(model.parameters()).device
-        inputs = self._model_inputs(model, prompt_ids, prompt_mask, extras, group_ids, device, prompt_ids.shape[1])
         was_training = model.training
         model.eval()
+        prompt_ids, prompt_mask, extras, inputs = self.generation_inputs(model, examples, sizes)
         out = model.generate(**inputs, **sampling_kwargs(rollout_cfg), pad_token_id=self.tokenizer.pad_token_id,
                              eos_token_id=self.eos_token_ids, suppress_tokens=self.suppressed, use_cache=True)
         model.train(was_training)
+        group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
         completion_ids, completion_mask, texts = sampled_completions(out, prompt_ids.shape[1], self.tokenizer,
                                                                      self.eos_token_ids)
         return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                             completion_mask=completion_mask, group_ids=group_ids, extras=extras,
                             examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
+
+    def generation_inputs(self, model, examples: list[dict], sizes: torch.Tensor):
+        """(prompt ids, mask and extras of every row, the `generate` inputs). With `prompt_cache` and a
+        group of several rows, each group's prompt but its last token (its text, images, videos and 3-D
+        rope positions) is prefilled once and the KV cache repeated for its rows, so `generate` prefills
+        one token per row; otherwise every row's prompt is prefilled (its vision encoded once per group
+        with `share_vision`)."""
+        unique_ids, unique_mask, unique_extras = self._encode_prompts(examples)
+        prompt_ids, prompt_mask = unique_ids.repeat_interleave(sizes, 0), unique_mask.repeat_interleave(sizes, 0)
+        extras = {k: v.repeat_interleave(sizes, 0) for k, v in unique_extras.items()}
+        device = next(model.parameters()).device
+        if self.prompt_cache and bool((sizes > 1).any()):
+            cache = self._shared_prompt_cache(model, unique_ids, unique_mask, unique_extras, sizes, device)
+            inputs = dict(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), cache=cache)
+        else:
+            group_ids = torch.arange(len(examples)).repeat_interleave(sizes)
+            inputs = self._model_inputs(model, prompt_ids, prompt_mask, extras, group_ids, device, prompt_ids.shape[1])
+        return prompt_ids, prompt_mask, extras, inputs
+
+    def _shared_prompt_cache(self, model, prompt_ids, prompt_mask, extras: dict, sizes: torch.Tensor, device):
+        """The KV cache of every group's prompt without its last token (a text token of the chat template's
+        generation prompt: left padding keeps the last column real), computed once per group, repeated
+        for the group's rows. The model's forward stores the rows' rope offsets (`rope_deltas`: 3-D rope
+        positions run ahead of the token count after images / videos); they are repeated too, which is
+        what `generate` reads to place each row's next tokens."""
+        from transformers import DynamicCache
+
+        ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+        inputs = self._model_inputs(model, ids, mask, extras, torch.arange(len(sizes)), device, ids.shape[1])
+        cache = DynamicCache(config=model.config)
+        rope = next(m for m in model.modules() if hasattr(m, "rope_deltas"))
+        rope.rope_deltas = None  # computed afresh from this prefill (cache length 0)
+        model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
+        rows = torch.arange(len(sizes), device=device).repeat_interleave(sizes.to(device))
+        cache.batch_select_indices(rows)
+        rope.rope_deltas = rope.rope_deltas[rows.to(rope.rope_deltas.device)]
+        return cache
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
         prompt_ids, prompt_mask, extras = self._encode_prompts(examples)

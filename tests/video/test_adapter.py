@@ -8,7 +8,7 @@ from PIL import Image
 from mmrl.config import RolloutConfig
 from mmrl.models.tiny import build_tokenizer
 from mmrl.vlm.tiny import build_processor, build_tiny_vlm
-from tests.vlm.test_adapter import assert_shared_vision_gives_plain_gradients
+from tests.vlm.test_adapter import assert_prompt_cache_equals_per_row_prefill, assert_shared_vision_gives_plain_gradients
 from video import VideoAdapter
 from mmrl.config import VideoConfig
 from video.synthetic import COLOURS, two_squares, write_mp4
@@ -101,3 +101,10 @@ def test_local_checkpoint_loads_through_the_video_build(tok, clips, tmp_path):
     model, adapter = video.build(cfg, training=False)
     out = adapter.generate(model, [example(clips["rb"])], 2, RolloutConfig(max_new_tokens=3))
     assert out.extras["video_grid_thw"][0, 0].tolist() == [1, 4, 4] and len(out) == 2
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_shared_prompt_cache_generates_what_per_row_prefill_does_with_video(tok, clips, family):
+    examples = [example(clips["rb"]), example(clips["gy"], "Which colour is last?", image=Image.new("RGB", (56, 56)))]
+    assert_prompt_cache_equals_per_row_prefill(lambda **kw: make_adapter(tok, family, **kw),
+                                               build_tiny_vlm(tok, seed=0, family=family), examples, [3, 2])

@@ -251,3 +251,40 @@ def test_shared_prefix_forward_under_eager_attention_and_a_sliding_window(tok, a
     out = adapter.generate(model, exs, [3, 2], RolloutConfig(max_new_tokens=6))
     out.completion_mask[1, 2:] = 0
     assert_shared_vision_gives_plain_gradients(adapter, model, out, switch="prefix_sharing")
+
+
+def greedy_logits(adapter_cls_kwargs, make, model, examples, sizes, shift_rope: int = 0):
+    """Greedy generation of 5 tokens per row: (sequences, logits [N, 5, V]). `shift_rope` moves the shared
+    cache's rope offsets by that many positions (an off-by-one the equality test must catch)."""
+    adapter = make(**adapter_cls_kwargs)
+    _, _, _, inputs = adapter.generation_inputs(model, examples, torch.tensor(sizes))
+    if shift_rope:
+        rope = next(m for m in model.modules() if hasattr(m, "rope_deltas"))
+        rope.rope_deltas = rope.rope_deltas + shift_rope
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=adapter.tokenizer.pad_token_id,
+                             suppress_tokens=adapter.suppressed)
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+def assert_prompt_cache_equals_per_row_prefill(make, model, examples, sizes):
+    """Generation from each group's prompt prefilled once (its cache and rope offsets repeated per row)
+    equals generation with every row's prompt prefilled: the same greedy tokens, logits to 1e-5."""
+    model.eval()
+    cached, cached_logits = greedy_logits({"prompt_cache": True}, make, model, examples, sizes)
+    plain, plain_logits = greedy_logits({"prompt_cache": False}, make, model, examples, sizes)
+    assert torch.equal(cached, plain)
+    torch.testing.assert_close(cached_logits, plain_logits, atol=1e-5, rtol=0)
+    _, shifted = greedy_logits({"prompt_cache": True}, make, model, examples, sizes, shift_rope=1)
+    assert (shifted - plain_logits).abs().max() > 1e-4  # a position off by one fails the 1e-5 check by far
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_shared_prompt_cache_generates_what_per_row_prefill_does(tok, family):
+    examples = [example([img(64, 64)]), example([img(96, 32), img(32, 32, (20, 200, 40))], "Two images?"),
+                example([img(32, 64)], "A much longer question about the squares in this picture?")]
+
+    def make(**kw):
+        return VLMAdapter(build_processor(tok, family=family), min_pixels=28 * 28, max_pixels=84 * 84, **kw)
+    assert_prompt_cache_equals_per_row_prefill(make, build_tiny_vlm(tok, seed=0, family=family), examples, [3, 1, 2])
