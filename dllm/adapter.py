@@ -26,9 +26,8 @@ import torch
 
 from dllm.estimators import ESTIMATORS, estimate
 from dllm.sampler import CONFIDENCES, block_schedule, generate_blocks
-from mmrl.core.adapter import completion_mask_from_eos
+from mmrl.core.adapter import ChatPrompts, completion_mask_from_eos
 from mmrl.core.batch import RolloutBatch
-from mmrl.text.adapter import ChatPrompts
 
 
 class MaskedDiffusionAdapter(ChatPrompts):

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from mmrl.core.registry import Registry
+from mmrl.registry import Registry
 
 ESTIMATORS = Registry("likelihood estimator")
 

@@ -25,11 +25,12 @@ def main(argv=None):
     cfg = config_from_cli(argv, __doc__)
     if cfg.model.modality not in MODALITIES:
         raise SystemExit(f"model.modality={cfg.model.modality!r}: available {sorted(MODALITIES)}")
-    benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
-    with_images = [b.name for b in benchmarks if b.images]
-    if with_images and cfg.model.modality not in ("vlm", "video"):
-        raise SystemExit(f"benchmarks {with_images} have images: evaluate them with a vision-language model "
-                         "(model.modality: vlm)")
+    # rows with images become prompts through the vision-language data loader (checked before the model loads)
+    images = importlib.import_module("mmrl.vlm.data").image_examples if cfg.model.modality in ("vlm", "video") else None
+    try:
+        benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt, image_examples=images)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     accelerator = Accelerator()
     model, adapter = importlib.import_module(MODALITIES[cfg.model.modality]).build(cfg, training=False)
     model = model.to(accelerator.device).eval()

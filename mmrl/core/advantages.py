@@ -11,7 +11,7 @@ import inspect
 
 import torch
 
-from mmrl.core.registry import Registry
+from mmrl.registry import Registry
 
 ADVANTAGES = Registry("advantage estimator")
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from mmrl.core.registry import Registry
+from mmrl.registry import Registry
 
 LOSSES = Registry("policy loss")
 AGGREGATIONS = Registry("loss aggregation")

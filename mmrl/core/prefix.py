@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from mmrl.core.batch import group_starts
+from mmrl.models.introspect import (attention_implementation, attention_layer_types, hidden_size_of,
+                                   text_config_of)
 
 log = logging.getLogger(__name__)
 MASKABLE_ATTENTION = ("eager", "sdpa")
@@ -159,33 +161,6 @@ def worth_packing(batch, model) -> bool:
     if not shares_prefixes(batch.group_ids) or bool((batch.prompt_mask.sum(-1) == 0).any()):
         return False
     return packing_pays(batch.prompt_mask, batch.completion_ids.shape[1], batch.group_ids, hidden_size_of(model))
-
-
-def text_config_of(model):
-    """The config of a model's language part (DDP-wrapped or not; a VLM's text config)."""
-    config = getattr(model, "module", model).config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def hidden_size_of(model) -> int:
-    """The (text) hidden size of a model, DDP-wrapped or not."""
-    return text_config_of(model).hidden_size
-
-
-def attention_layer_types(config) -> list[str]:
-    """Each decoder layer's attention type: the config's `layer_types` (transformers 5), else every
-    layer sliding when the config sets a `sliding_window` (Mistral), else full attention."""
-    types = getattr(config, "layer_types", None)
-    if types:
-        return list(types)
-    kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
-    return [kind] * int(getattr(config, "num_hidden_layers", 1))
-
-
-def attention_implementation(model) -> str:
-    """The attention kernel of the model's language layers (transformers' `_attn_implementation`)."""
-    return getattr(text_config_of(model), "_attn_implementation", None) \
-        or getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
 
 
 def packing_blocker(model) -> str | None:

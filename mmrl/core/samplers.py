@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmrl.core.diversity import distinct_n, self_bleu
-from mmrl.core.registry import Registry
+from mmrl.registry import Registry
 
 SAMPLERS = Registry("prompt sampler")
 BUILT_IN_ARGS = ("num_prompts", "seed", "tracker")

@@ -35,7 +35,7 @@ from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
 from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
-from mmrl.core.batch import RolloutBatch, dropped_rows, group_any, group_starts, loss_mask, pad_sequences
+from mmrl.core.batch import RolloutBatch, dropped_rows, group_starts, loss_mask, pad_sequences
 from mmrl.core.logprobs import selective_log_softmax
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.policy import reference_policy, unwrapped_for_generation
@@ -477,7 +477,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     inner update after the first. Groups a reward failed on (on_error: drop) count nowhere: their tokens
     leave the loss mask. An inner update whose loss or gradient norm is not finite (on any rank) is
     skipped and counted (`nonfinite/skipped_updates`). `batch` must already be on the accelerator's device."""
-    a, t = cfg.algorithm, cfg.trainer
+    a = cfg.algorithm
     world = accelerator.num_processes
     dropped = dropped_rows(batch)
     if dropped.any():
@@ -652,7 +652,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
     rows_per_pass = max(1, cfg.trainer.logprob_chunk_rows)
     if cfg.eval.every > 0:  # load (and check) the benchmarks before the first step, not at the first eval
-        benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt)
+        benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt,
+                                     image_examples=getattr(adapter, "image_examples", None))
         eval_root = eval_cache_root(cfg, resume is None, accelerator)
 
     start_trackers(cfg, accelerator)

@@ -19,7 +19,7 @@ import torch
 
 from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.losses import masked_mean
-from mmrl.core.registry import Registry
+from mmrl.registry import Registry
 
 WEIGHTINGS = Registry("token weighting")
 

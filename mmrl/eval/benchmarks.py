@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from mmrl.config import DataConfig
-from mmrl.data import read_jsonl, resolve_source, to_example
+from mmrl.data import read_jsonl, resolve_source, row_label, to_example
 from mmrl.rewards import REWARDS
 
 SHIPPED = {
@@ -44,7 +44,7 @@ class Benchmark:
     images: bool = False  # prompts carry images: needs an adapter that takes them (vlm)
 
 
-def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
+def resolve(bench_cfg, eval_cfg, system_prompt: str | None, image_examples=None) -> Benchmark:
     """Fill `bench_cfg`'s unset fields (shipped benchmark, then defaults), load and check its rows."""
     where = f"eval.benchmarks[{bench_cfg.name}]"
     spec = {**DEFAULTS, **SHIPPED.get(bench_cfg.name, {})}
@@ -69,11 +69,13 @@ def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
         raise ValueError(f"{where}: {spec['source']} has no rows")
     for i, row in enumerate(rows):
         if spec["answer_field"] not in row:
-            raise ValueError(f"{where}: row {i} has no answer field '{spec['answer_field']}' "
-                             f"(set answer_field); fields: {sorted(row)}")
+            raise ValueError(f"{where}: {row_label(row, i)}: no answer field '{spec['answer_field']}' "
+                             f"(set answer_field); fields: {sorted(k for k in row if k != '_where')}")
     if spec["images"]:
-        from mmrl.vlm.data import image_examples  # images checked; unreadable rows skipped
-        examples, _ = image_examples(rows, data_cfg, path.parent)
+        if image_examples is None:
+            raise ValueError(f"{where}: the benchmark has images: evaluate it with a vision-language model "
+                             "(model.modality: vlm)")
+        examples, _ = image_examples(rows, data_cfg, path.parent)  # images checked; unreadable rows skipped
     else:
         examples = [to_example(r, data_cfg, i) for i, r in enumerate(rows)]
     if bench_cfg.limit > 0:
@@ -82,10 +84,13 @@ def resolve(bench_cfg, eval_cfg, system_prompt: str | None) -> Benchmark:
                      reward_params=dict(spec["reward_params"]), num_samples=n, ks=ks, images=spec["images"])
 
 
-def load_benchmarks(eval_cfg, system_prompt: str | None) -> list[Benchmark]:
+def load_benchmarks(eval_cfg, system_prompt: str | None, image_examples=None) -> list[Benchmark]:
+    """The configured benchmarks, checked. `image_examples(rows, data_cfg, base)` -> (examples, skipped)
+    turns rows with images into prompts (a vision-language adapter's; without it a benchmark with
+    images is refused)."""
     if not eval_cfg.benchmarks:
         raise ValueError(f"eval.benchmarks is empty; list some, e.g. [{{name: gsm8k}}]. Shipped: {sorted(SHIPPED)}")
     names = [b.name for b in eval_cfg.benchmarks]
     if len(set(names)) != len(names):
         raise ValueError(f"eval.benchmarks: names must be unique, got {names}")
-    return [resolve(b, eval_cfg, system_prompt) for b in eval_cfg.benchmarks]
+    return [resolve(b, eval_cfg, system_prompt, image_examples) for b in eval_cfg.benchmarks]

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from mmrl.core.registry import Registry
+from mmrl.registry import Registry
 
 REWARDS = Registry("reward function")
 log = logging.getLogger(__name__)

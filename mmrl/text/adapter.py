@@ -3,54 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
-                               tokenized_completions)
+from mmrl.core.adapter import ChatPrompts, LogProbsFromLogits, sampled_completions, sampling_kwargs
 from mmrl.core.batch import RolloutBatch
 from mmrl.core.prefix import first_kept, model_attention_mask, pack_groups, unpack_logits, worth_packing
-
-
-class ChatPrompts:
-    """Chat-templated text prompts, left padded and cut from the left at `max_prompt_length`: the
-    prompt side shared by the causal-LM and the masked-diffusion adapters."""
-
-    tokenizer = None
-    max_prompt_length: int = 512
-    eos_token_ids: list[int]
-
-    def _setup_prompts(self, tokenizer, max_prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"
-        self.tokenizer.truncation_side = "left"  # over-long prompts lose their beginning, not the question
-        self.max_prompt_length = max_prompt_length
-        eos = tokenizer.eos_token_id
-        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
-
-    def prepare(self, example: dict) -> str:
-        prompt = example["prompt"]
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-    def _encode_prompts(self, examples: list[dict]):
-        texts = [self.prepare(e) for e in examples]
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_prompt_length,
-                             add_special_tokens=False, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
-    def _grouped_prompts(self, model, examples: list[dict], group_size: int | list[int]):
-        """(group sizes, prompt ids, prompt mask) with each prompt repeated for its group, on the model's device."""
-        sizes = group_sizes(group_size, len(examples))
-        prompt_ids, prompt_mask = self._encode_prompts(examples)
-        device = next(model.parameters()).device
-        return sizes, prompt_ids.repeat_interleave(sizes, 0).to(device), prompt_mask.repeat_interleave(sizes, 0).to(device)
-
-    def _teacher_forced(self, examples: list[dict], completions: list[str], **extras) -> RolloutBatch:
-        prompt_ids, prompt_mask = self._encode_prompts(examples)
-        completion_ids, completion_mask = tokenized_completions(self.tokenizer, completions, self.eos_token_ids[0])
-        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                            completion_mask=completion_mask, group_ids=torch.arange(len(examples)),
-                            extras={k: f(completion_ids) for k, f in extras.items()},
-                            examples=list(examples), completions_text=list(completions))
 
 
 class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):

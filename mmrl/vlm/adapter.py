@@ -287,5 +287,11 @@ class VLMAdapter(LogProbsFromLogits):
                        logits_to_keep=packed.length - offset, use_cache=False).logits
         return unpack_logits(logits, packed, offset)
 
+    @staticmethod
+    def image_examples(rows: list[dict], data_cfg, base):
+        """(prompts, rows skipped) of jsonl rows with images (an evaluation benchmark's): mmrl.vlm.data's."""
+        from mmrl.vlm.data import image_examples
+        return image_examples(rows, data_cfg, base)
+
     def save_pretrained(self, directory) -> None:
         self.processor.save_pretrained(directory)

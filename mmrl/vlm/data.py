@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mmrl.data import read_jsonl, resolve_source, row_label, to_example
 from mmrl.data import synthetic
+from mmrl.vlm.qai import LETTERS, invert_some
 
 log = logging.getLogger(__name__)
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def format_options(options: list[str]) -> str:
@@ -95,7 +95,6 @@ def vision_examples(rows: list[dict], data_cfg, entries, kind: str) -> tuple[lis
     (None: unreadable, the row is skipped and counted); options are lettered after the question and
     TW-GRPO's question-answer inversion applied first when data.qa_inversion > 0."""
     if data_cfg.qa_inversion > 0:
-        from mmrl.vlm.qai import invert_some
         rows = invert_some(rows, data_cfg.qa_inversion, data_cfg.synthetic.seed, prompt_field=data_cfg.prompt_field,
                            answer_field=data_cfg.answer_field, options_field=data_cfg.options_field)
     examples, skipped = [], 0

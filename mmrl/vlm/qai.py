@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from mmrl.vlm.data import LETTERS
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # option letters (also mmrl.vlm.data's)
 
 AUXILIARIES = {"did", "does", "do", "is", "are", "was", "were"}
 PREFIXES = {"what will": "what won't", "what happened": "what didn't happen", "what did": "what didn't",

@@ -224,7 +224,8 @@ def test_packing_cost_counts_the_padding_of_packed_rows():
 
 
 def test_the_gradient_tests_take_the_packed_path(tiny):
-    from mmrl.core.prefix import hidden_size_of, packing_pays
+    from mmrl.core.prefix import packing_pays
+    from mmrl.models.introspect import hidden_size_of
 
     tok, model = tiny
     batch = _batch(tok, True, True)

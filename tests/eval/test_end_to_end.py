@@ -67,7 +67,9 @@ def test_shipped_vision_benchmarks_load_with_images_and_options():
     from mmrl.eval import load_benchmarks
 
     cfg = load_config(None, ["eval.benchmarks=[{name: mathvision}, {name: superclevr}]"])
-    mathvision, superclevr = load_benchmarks(cfg.eval, None)
+    from mmrl.vlm.data import image_examples
+
+    mathvision, superclevr = load_benchmarks(cfg.eval, None, image_examples=image_examples)
     assert len(mathvision.examples) == 304 and len(superclevr.examples) == 248
     mc = next(e for e in mathvision.examples if e["options"])
     image, text = mc["prompt"][0]["content"]

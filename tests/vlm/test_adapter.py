@@ -187,7 +187,8 @@ def assert_shared_vision_gives_plain_gradients(adapter, model, out, switch: str 
     adapter's `switch` on as off: `share_vision` (the vision tower run once per group) or
     `prefix_sharing` (each group's prompt packed once with its completions)."""
     if switch == "prefix_sharing":  # the batch takes the packed path
-        from mmrl.core.prefix import hidden_size_of, packing_pays
+        from mmrl.core.prefix import packing_pays
+        from mmrl.models.introspect import hidden_size_of
         assert packing_pays(out.prompt_mask, out.completion_ids.shape[1], out.group_ids, hidden_size_of(model))
     grads = []
     adapter.share_vision = adapter.prefix_sharing = False

@@ -1,4 +1,5 @@
-"""A tiny name -> function registry shared by advantages, losses, rewards and aggregations."""
+"""A tiny name -> function registry shared by advantages, losses, rewards, samplers and estimators (the
+package root: every layer may use it)."""
 from __future__ import annotations
 
 import importlib
