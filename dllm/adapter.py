@@ -5,7 +5,7 @@ Any mask predictor works: a model whose forward(input_ids, attention_mask) retur
 every position of a partially masked sequence, with a known mask token id (LLaDA-8B, Dream-7B with
 `shift_logits`, LLaDA2 through their remote code; the tiny model of dllm.models). Each rollout row
 gets a mask seed (`extras["mask_seed"]`) from which the estimator draws its masks, per inner
-iteration (`mask_iteration`, set by the trainer: `fresh_masks`), so the old, reference and current
+iteration (`log_probs(..., iteration=k)`, passed by the trainer: `fresh_masks`), so the old, reference and current
 policies see identical masks. The G completions of a prompt share their seed (common random
 numbers: tokens they have in common at the same positions are masked alike, so their terms cancel
 in the group-relative update rather than adding noise). Rows rolled out with fixed hint tokens (IGPO) carry
@@ -49,7 +49,6 @@ class MaskedDiffusionAdapter(ChatPrompts):
         self.shift_logits = shift_logits
         self.logprob_chunk_rows = logprob_chunk_rows
         self.sft_eps, self.sft_pad_to = sft_eps, sft_pad_to
-        self.mask_iteration = 0
         if loss_scope not in ("canvas", "answer"):
             raise ValueError(f"model.diffusion.loss_scope={loss_scope!r}: use canvas or answer")
         self.loss_scope = loss_scope
@@ -107,15 +106,15 @@ class MaskedDiffusionAdapter(ChatPrompts):
         return batch
 
     # ------------------------------------------------------------------ scoring
-    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False):
-        """Per-token terms [N, C] of the configured estimator at this inner iteration's masks, over the
-        whole canvas."""
+    def log_probs(self, model, batch: RolloutBatch, with_entropy: bool = False, iteration: int = 0):
+        """Per-token terms [N, C] of the configured estimator at inner iteration `iteration`'s masks, over
+        the whole canvas."""
         seeds = batch.extras["mask_seed"].tolist()
         outs = []
         for lo in range(0, len(batch), max(1, self.logprob_chunk_rows)):
             hi = lo + max(1, self.logprob_chunk_rows)
             outs.append(estimate(model, batch.prompt_ids[lo:hi], batch.prompt_mask[lo:hi], batch.completion_ids[lo:hi],
-                                 torch.ones_like(batch.completion_mask[lo:hi]), seeds[lo:hi], self.mask_iteration, self.estimator,
+                                 torch.ones_like(batch.completion_mask[lo:hi]), seeds[lo:hi], iteration, self.estimator,
                                  self.estimator_params, self.mask_token_id, self.shift_logits, with_entropy))
         if with_entropy:
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])

@@ -144,9 +144,9 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
         chosen = redo.select(torch.tensor(take_rows))
         chosen.example_index, chosen.group_ids = batch.example_index[put_rows].cpu(), batch.group_ids[put_rows].cpu()
         chosen.extras["mask_seed"] = batch.extras["mask_seed"][put_rows].cpu()  # the group's shared mask seed
-        adapter.mask_iteration = 0  # the first inner iteration's masks (not the last step's leftover iteration)
         with torch.no_grad():
-            _, entropy = adapter.log_probs(policy, chosen.to(accelerator.device), with_entropy=True)
+            # the first inner iteration's masks
+            _, entropy = adapter.log_probs(policy, chosen.to(accelerator.device), with_entropy=True, iteration=0)
     hints = chosen.extras["hint_mask"].cpu()
     scope = torch.ones_like(chosen.completion_mask).cpu() if canvas_scope else loss_mask(chosen).cpu()
     chosen.extras["loss_mask"] = scope * entropy_filtered_mask(hints & scope.bool(), entropy.cpu(), icfg.entropy_fraction)

@@ -27,9 +27,30 @@ def import_callable(path: str, kind: str) -> Callable:
 
 
 class Registry(dict):
-    def __init__(self, kind: str):
+    """Functions by name. `flags` declares the properties a registered function may carry (name ->
+    default; the default's type is the flag's type), set with `mark` and read with `flag`."""
+
+    def __init__(self, kind: str, flags: dict | None = None):
         super().__init__()
         self.kind = kind
+        self.flags = dict(flags or {})
+
+    def mark(self, fn: Callable, **flags) -> Callable:
+        """Set declared flags on `fn` (a flag that is not declared, or of another type, is an error)."""
+        for key, value in flags.items():
+            if key not in self.flags:
+                raise KeyError(f"{self.kind} flag '{key}' is not declared; declared: {sorted(self.flags)}")
+            default = self.flags[key]
+            if default is not None and not isinstance(value, type(default)):
+                raise TypeError(f"{self.kind} flag '{key}' takes a {type(default).__name__}, got {value!r}")
+            setattr(fn, key, value)
+        return fn
+
+    def flag(self, name: str, key: str):
+        """Flag `key` of the function registered as `name` (its declared default when not marked)."""
+        if key not in self.flags:
+            raise KeyError(f"{self.kind} flag '{key}' is not declared; declared: {sorted(self.flags)}")
+        return getattr(self.get(name), key, self.flags[key])
 
     def register(self, name: str) -> Callable:
         def wrap(fn: Callable) -> Callable:

@@ -30,8 +30,30 @@ class ModalityAdapter(Protocol):
     def save_pretrained(self, directory) -> None:
         """Write the tokenizer / processor next to a saved model."""
 
-    # Optional: image_examples(rows, data_cfg, base) -> (prompts, rows skipped), for evaluation benchmarks
-    # with images during training (vision-language adapters).
+
+# The optional members of a ModalityAdapter that the core reads (through `adapter_option`), with their
+# defaults: an adapter sets those it needs.
+ADAPTER_OPTIONS = {
+    "fresh_masks": False,  # scoring draws random masks per inner iteration (masked diffusion): the core then
+                           # calls log_probs(model, batch, with_entropy, iteration=k) and records old /
+                           # reference log-probs per iteration
+    "supports_frame_noise": False,  # video inputs: difficulty-aware augmentation may add frame noise
+    "logprob_chunk_rows": 4,  # rows per chunk of the selective log-softmax
+    "check_rollout": None,  # check_rollout(rollout_cfg): refuse rollout settings the model cannot take
+    "sft_loss": None,  # sft_loss(model, batch): the warm-up's loss, when not next-token cross-entropy
+    "image_examples": None,  # image_examples(rows, data_cfg, base) -> (prompts, skipped): benchmark rows with images
+}
+
+
+def adapter_option(adapter, name: str):
+    """The adapter's optional member `name` (ADAPTER_OPTIONS), or its default."""
+    return getattr(adapter, name, ADAPTER_OPTIONS[name])
+
+
+def iteration_kwargs(adapter, iteration: int) -> dict:
+    """log_probs keyword arguments for inner iteration `iteration`: adapters with `fresh_masks` draw
+    that iteration's masks; the others take no such argument."""
+    return {"iteration": iteration} if adapter_option(adapter, "fresh_masks") else {}
 
 
 def assert_adapter(adapter) -> None:

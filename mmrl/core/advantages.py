@@ -13,7 +13,11 @@ import torch
 
 from mmrl.registry import Registry
 
-ADVANTAGES = Registry("advantage estimator")
+ADVANTAGES = Registry("advantage estimator", flags={
+    "multi_reward": False,  # takes the K reward columns itself (otherwise they are combined by weight first)
+    "single_stream": False,  # meaningful with one completion per prompt (SPO)
+    "state_class": None,  # the class of the state it keeps across steps (checkpointed)
+})
 
 
 def combine_rewards(rewards: torch.Tensor, reward_weights: list[float] | None = None) -> torch.Tensor:
@@ -125,7 +129,7 @@ def decoupled_normalized_advantages(rewards: torch.Tensor, group_ids: torch.Tens
     return _zscore(summed, eps).to(rewards.dtype)
 
 
-decoupled_normalized_advantages.multi_reward = True
+ADVANTAGES.mark(decoupled_normalized_advantages, multi_reward=True)
 
 
 @ADVANTAGES.register("dgpo")
@@ -158,7 +162,7 @@ def difficulty_balanced_advantages(rewards: torch.Tensor, group_ids: torch.Tenso
     return adv.to(rewards.dtype)
 
 
-difficulty_balanced_advantages.multi_reward = True
+ADVANTAGES.mark(difficulty_balanced_advantages, multi_reward=True)
 # ---------------------------------------------------------------- stateful estimators
 class BetaMoments:
     """State of `bnpo`: the method-of-moments statistics (mean, variance) of the prompts' success
@@ -235,8 +239,7 @@ def beta_normalized_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, s
     return _bnpo_column(scores, group_ids, state, 0, momentum).to(rewards.dtype)
 
 
-beta_normalized_advantages.multi_reward = True
-beta_normalized_advantages.state_class = BetaMoments
+ADVANTAGES.mark(beta_normalized_advantages, multi_reward=True, state_class=BetaMoments)
 
 
 class SPOTracker:
@@ -321,16 +324,14 @@ def single_stream_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, sta
     return adv.to(rewards.dtype)
 
 
-single_stream_advantages.multi_reward = True
-single_stream_advantages.single_stream = True
-single_stream_advantages.state_class = SPOTracker
+ADVANTAGES.mark(single_stream_advantages, multi_reward=True, single_stream=True, state_class=SPOTracker)
 
 CONTEXT_ARGS = ("state", "example_index", "divergence", "reward_weights")
 
 
 def make_state(name: str):
     """A fresh state object for a stateful estimator (bnpo, spo), else None."""
-    cls = getattr(ADVANTAGES.get(name), "state_class", None)
+    cls = ADVANTAGES.flag(name, "state_class")
     return cls() if cls is not None else None
 
 
@@ -342,11 +343,11 @@ def compute(name: str, rewards: torch.Tensor, group_ids: torch.Tensor,
     `example_index` [N] (which prompt each row answers) and `divergence`; context arguments an
     estimator does not take are dropped, so the trainer can pass the same ones to every estimator."""
     fn = ADVANTAGES.get(name)
-    if getattr(fn, "state_class", None) is not None:
+    if ADVANTAGES.flag(name, "state_class") is not None:
         if state is None:
             raise ValueError(f"advantage '{name}' is stateful: pass state=make_state('{name}')")
         params["state"] = state
-    if not getattr(fn, "multi_reward", False):
+    if not ADVANTAGES.flag(name, "multi_reward"):
         rewards = combine_rewards(rewards, reward_weights)
     elif reward_weights is not None:
         params["reward_weights"] = reward_weights

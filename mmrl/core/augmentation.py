@@ -27,6 +27,7 @@ from collections import deque
 import torch
 from accelerate.utils import gather_object
 
+from mmrl.core.adapter import adapter_option
 from mmrl.core.advantages import combine_rewards
 from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.policy import unwrapped_for_generation
@@ -137,7 +138,7 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
     aug.push(everyone)
     examples = [batch.examples[a] for a, _ in bounds]
     index = [int(batch.example_index[a]) for a, _ in bounds]
-    noise_ok = getattr(adapter, "supports_frame_noise", False)
+    noise_ok = adapter_option(adapter, "supports_frame_noise")
     hard = [g for g, d in enumerate(deltas) if aug.hint_fraction(d) > 0 and aug.hint_samples > 0]
     easy = [g for g, d in enumerate(deltas) if aug.noise_sigma(d) > 0] if noise_ok else []
     new: dict[int, dict] = {}

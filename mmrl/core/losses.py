@@ -13,7 +13,10 @@ import torch
 
 from mmrl.registry import Registry
 
-LOSSES = Registry("policy loss")
+LOSSES = Registry("policy loss", flags={
+    "sequence_level": False,  # a per-sequence objective broadcast over its tokens (takes seq-mean-token-mean)
+    "whole_groups": False,  # compares a group's completions: micro-batches hold whole groups
+})
 AGGREGATIONS = Registry("loss aggregation")
 KL_ESTIMATORS = Registry("KL estimator")
 
@@ -245,11 +248,11 @@ def regression_grpo_loss(logp, old_logp, advantages, mask, group_ids, min_std: f
     return error[:, None] * torch.ones_like(logp), stats
 
 
-regression_grpo_loss.whole_groups = True
+LOSSES.mark(regression_grpo_loss, whole_groups=True)
 # Losses of whole sequences broadcast over their tokens (or, for sapo, averaged per sequence by the
 # paper): a token-level aggregation would weight each sequence by its length.
 for _loss in (sequence_clipped_loss, elbo_ratio_loss, soft_gated_loss, regression_grpo_loss):
-    _loss.sequence_level = True
+    LOSSES.mark(_loss, sequence_level=True)
 
 
 @LOSSES.register("disco")
@@ -301,7 +304,7 @@ def discriminative_loss(logp, old_logp, advantages, mask, group_ids, num_groups=
     return loss, stats
 
 
-discriminative_loss.whole_groups = True
+LOSSES.mark(discriminative_loss, whole_groups=True)
 
 
 def llds_gate(logp, old_logp, mask, advantages, nonneg_advantage: bool = True) -> torch.Tensor:

@@ -16,7 +16,7 @@ from mmrl.rewards import score
 
 def rescore_due(sampler, step: int) -> bool:
     """Re-score before 0-based step `step` (step 0: before training, as in the paper)."""
-    every = getattr(sampler, "rescore_every", 0)
+    every = sampler.rescore_every
     return every > 0 and step % every == 0
 
 

@@ -1,24 +1,15 @@
 """Prompt samplers: which prompts each step trains on and how many completions each gets.
 
 Every rank holds an identical sampler (same seed, and `update` is fed the batch gathered from all
-ranks), so all ranks draw the same global prompt list and each keeps its contiguous share.
-
-Protocol:
-  sample(n) -> list[int]                     the step's n global prompt indices
-  group_sizes(indices, group_size) -> list   completions per prompt (knapsack varies them)
-  update(indices, successes)                 after scoring: successes[j] lists the success values
-                                             in [0, 1] of prompt indices[j]'s completions (a sampler
-                                             with needs_completions = True also gets
-                                             completions=[token id lists of each group])
-  metrics() (optional)                       the sampler's own statistics for the step's log line
-  refill                                     True: degenerate groups are dropped and the batch is
-                                             refilled with new draws (DAPO dynamic sampling)
-  state_dict() / load_state_dict()           plain python values and tensors, saved in checkpoints
+ranks), so all ranks draw the same global prompt list and each keeps its contiguous share. The
+protocol the trainer uses is `Sampler` below; `SamplerDefaults` holds its optional members' defaults,
+which every sampler here inherits.
 """
 from __future__ import annotations
 
 import inspect
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +18,44 @@ from mmrl.core.diversity import distinct_n, self_bleu
 from mmrl.registry import Registry
 
 SAMPLERS = Registry("prompt sampler")
+
+
+class Sampler(Protocol):
+    """What the trainer calls on a prompt sampler (a new one subclasses `SamplerDefaults` for the
+    optional members it does not set)."""
+    refill: bool  # True: degenerate groups are dropped and the batch refilled with new draws (DAPO)
+    max_rounds: int  # with refill: generation rounds per step at most
+    needs_completions: bool  # update() also gets completions=[token id lists of each group]
+    rescore_every: int  # > 0: every prompt is re-rolled and re-scored every this many steps (VAS)
+
+    def sample(self, n: int) -> list[int]:
+        """The step's n global prompt indices."""
+
+    def group_sizes(self, indices: list[int], group_size: int) -> list[int]:
+        """Completions per prompt (knapsack varies them)."""
+
+    def update(self, indices: list[int], successes: list[list[float]], **extra) -> None:
+        """After scoring: successes[j] lists the success values in [0, 1] of prompt indices[j]'s completions."""
+
+    def metrics(self) -> dict:
+        """The sampler's own statistics for the step's log line."""
+
+    def state_dict(self) -> dict:
+        """Plain python values and tensors, saved in checkpoints."""
+
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+
+class SamplerDefaults:
+    """The optional members of `Sampler`, with their defaults."""
+    refill = False
+    max_rounds = 1
+    needs_completions = False
+    rescore_every = 0
+
+    def metrics(self) -> dict:
+        return {}
 BUILT_IN_ARGS = ("num_prompts", "seed", "tracker")
 
 
@@ -53,7 +82,7 @@ class _NumpyRandom:
 
 
 @SAMPLERS.register("uniform")
-class UniformSampler:
+class UniformSampler(SamplerDefaults):
     """Shuffled passes (epochs) over the prompt set; each call returns the next `n` indices."""
 
     refill = False
@@ -109,7 +138,7 @@ class DynamicFilterSampler(UniformSampler):
 
 
 @SAMPLERS.register("vade")
-class VarianceAwareSampler:
+class VarianceAwareSampler(SamplerDefaults):
     """VADE (Variance-Aware Dynamic Sampling, arXiv 2511.18902, method figure; code not public).
 
     Per prompt i a Beta(alpha_i + 1, beta_i + 1) posterior of its success probability (pseudo-counts
@@ -272,7 +301,7 @@ class VarianceAwareSampling(UniformSampler):
 
 
 @SAMPLERS.register("spo_priority")
-class SPOPrioritySampler:
+class SPOPrioritySampler(SamplerDefaults):
     """SPO prioritized prompt sampling (arXiv 2509.13232, sec. 3.3; verl-recipe spo/): from a random
     pool of `candidates` prompts (the official gen batch; None: the whole set), draw n without
     replacement with probability proportional to w(x) = sqrt(p_hat (1 - p_hat)) + offset, p_hat the

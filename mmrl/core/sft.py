@@ -12,6 +12,7 @@ import re
 import torch
 from tqdm.auto import tqdm
 
+from mmrl.core.adapter import adapter_option
 from mmrl.core.losses import seq_mean_token_mean
 from mmrl.core.sharding import clip_gradients
 
@@ -86,7 +87,7 @@ def supervised_warmup(cfg, accelerator, adapter, model, examples: list[dict]) ->
     for _ in tqdm(range(s.steps), desc="sft warm-up", disable=not accelerator.is_local_main_process):
         idx = next(batches)[rank * per_rank:(rank + 1) * per_rank]
         batch = adapter.encode([examples[i] for i in idx], [targets[i] for i in idx]).to(accelerator.device)
-        if hasattr(adapter, "sft_loss"):  # e.g. masked diffusion: LLaDA's masked-token loss
+        if adapter_option(adapter, "sft_loss") is not None:  # e.g. masked diffusion: LLaDA's masked-token loss
             loss = adapter.sft_loss(model, batch, generator=generator)
         else:
             logp = adapter.log_probs(model, batch)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from mmrl.core import advantages as advantage_estimators
 from mmrl.core import checkpoint, losses, sharding
-from mmrl.core.adapter import assert_adapter
+from mmrl.core.adapter import adapter_option, assert_adapter, iteration_kwargs
 from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
@@ -103,8 +103,7 @@ def validate(cfg, world_size: int) -> None:
                          f"{local_rows} completions per process (prompts_per_step / processes * group_size)")
     if a.num_iterations < 1 or a.beta < 0:
         raise ValueError("algorithm.num_iterations must be >= 1 and algorithm.beta >= 0")
-    estimator = advantage_estimators.ADVANTAGES.get(a.advantage)
-    if cfg.rollout.group_size < 2 and not getattr(estimator, "single_stream", False):
+    if cfg.rollout.group_size < 2 and not advantage_estimators.ADVANTAGES.flag(a.advantage, "single_stream"):
         raise ValueError(f"rollout.group_size={cfg.rollout.group_size}: advantage '{a.advantage}' is "
                          "group-relative and gives every completion 0 with one completion per prompt")
     advantage_estimators.ADVANTAGES.check_params(a.advantage, a.advantage_params, "algorithm.advantage_params",
@@ -169,7 +168,7 @@ def validate_kl_and_aggregation(a) -> None:
     if a.beta > 0 and a.kl_penalty == "loss" and a.kl_estimator == "k1":
         log.warning("algorithm.kl_estimator: k1 as a loss term has zero expected gradient (its gradient is the "
                     "score function, whose mean is 0): use k3 or k2, or algorithm.kl_penalty: reward")
-    if getattr(losses.LOSSES.get(a.loss), "sequence_level", False) and a.aggregation != "seq-mean-token-mean":
+    if losses.LOSSES.flag(a.loss, "sequence_level") and a.aggregation != "seq-mean-token-mean":
         log.warning("algorithm.aggregation: %s would weight loss '%s' (a per-sequence objective) by completion "
                     "length; using seq-mean-token-mean, as verl does", a.aggregation, a.loss)
         a.aggregation = "seq-mean-token-mean"
@@ -334,7 +333,7 @@ def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence:
     indices, groups = rows.groups()
     success = rows.rewards[:, 0].clamp(0, 1)  # the first reward function is the success signal
     extra = {"completions": [[rows.completions[j] for j in r.tolist()] for r in groups]} \
-        if getattr(state.sampler, "needs_completions", False) else {}
+        if state.sampler.needs_completions else {}
     state.sampler.update(indices, [success[r].tolist() for r in groups], **extra)
     return adv
 
@@ -348,16 +347,18 @@ def stored_batch(entries: list[dict], device) -> RolloutBatch:
 
 
 @torch.no_grad()
-def spo_divergence(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int) -> dict:
+def spo_divergence(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int,
+                   mask_iteration: int = 0) -> dict:
     """SPO's D(x) for this step's prompts: token-mean |log pi_prev(y') - log pi_now(y')| of the
     completion y' stored at the prompt's previous visit (merged over ranks)."""
     seen = [i for i in dict.fromkeys(batch.example_index.tolist()) if i in tracker.last]
+    iteration = iteration_kwargs(adapter, mask_iteration)
     local = {}
     with unwrapped_for_generation(accelerator, model) as policy:
         for start in range(0, len(seen), rows):
             chunk = seen[start:start + rows]
             entries = [tracker.last[i] for i in chunk]
-            now = adapter.log_probs(policy, stored_batch(entries, accelerator.device)).cpu()
+            now = adapter.log_probs(policy, stored_batch(entries, accelerator.device), **iteration).cpu()
             for j, (i, e) in enumerate(zip(chunk, entries)):
                 before = torch.tensor(e["logp"])
                 local[i] = (before - now[j, :len(before)]).abs().mean().item()
@@ -365,30 +366,25 @@ def spo_divergence(accelerator, adapter, model, batch: RolloutBatch, tracker: SP
 
 
 @torch.no_grad()
-def spo_store_last(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int) -> None:
+def spo_store_last(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int,
+                   mask_iteration: int = 0) -> None:
     """After the update: keep one completion per prompt with its log-probs under the new policy."""
     if batch.extras:
         raise NotImplementedError("spo with rho='adaptive' re-scores stored completions from token ids only; "
                                   "this adapter needs extras (images/video): use advantage_params.rho: constant")
     firsts = group_starts(batch.group_ids)
+    iteration = iteration_kwargs(adapter, mask_iteration)
     local = {}
     with unwrapped_for_generation(accelerator, model) as policy:
         for start in range(0, len(firsts), rows):
             part = batch.select(firsts[start:start + rows].cpu())
-            logp = adapter.log_probs(policy, part).cpu()
+            logp = adapter.log_probs(policy, part, **iteration).cpu()
             for j in range(len(part)):
                 pm, cm = part.prompt_mask[j].bool(), part.completion_mask[j].bool()
                 local[int(part.example_index[j])] = {
                     "prompt": part.prompt_ids[j][pm].tolist(), "completion": part.completion_ids[j][cm].tolist(),
                     "logp": logp[j][cm.cpu()].tolist()}
     tracker.last.update(merge_across_ranks(accelerator, local))
-
-
-def set_mask_iteration(adapter, iteration: int) -> None:
-    """Adapters whose scoring is randomised (masked diffusion: `fresh_masks`) draw the masks of
-    inner iteration `iteration`; the old, reference and current policies then see the same ones."""
-    if getattr(adapter, "fresh_masks", False):
-        adapter.mask_iteration = iteration
 
 
 @torch.no_grad()
@@ -401,17 +397,17 @@ def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: R
     penalty (`kl_penalty: reward`), else None."""
     a = cfg.algorithm
     chunks = update_chunks(cfg, batch, weighting)
-    fresh = getattr(adapter, "fresh_masks", False)
+    fresh = adapter_option(adapter, "fresh_masks")
     mu = a.num_iterations
     kl_in_reward = a.kl_penalty == "reward" and a.beta > 0
     old, ref = [], []
     for k in range(mu if fresh else 1):
-        set_mask_iteration(adapter, k)
+        at = iteration_kwargs(adapter, k)  # adapters with fresh masks draw iteration k's
         if mu > 1 or (kl_in_reward and k == 0):
-            old.append(torch.cat([adapter.log_probs(model, mb) for mb in chunks]))
+            old.append(torch.cat([adapter.log_probs(model, mb, **at) for mb in chunks]))
         if a.beta > 0:
             with reference_policy(accelerator, model, ref_model) as policy:
-                ref.append(torch.cat([adapter.log_probs(policy, mb) for mb in chunks]))
+                ref.append(torch.cat([adapter.log_probs(policy, mb, **at) for mb in chunks]))
     if fresh:
         if mu > 1:
             batch.extras["old_logp_by_iteration"] = torch.stack(old, dim=1)
@@ -449,19 +445,19 @@ def update_chunks(cfg, batch: RolloutBatch, weighting=None) -> list[RolloutBatch
     """The micro-batches of a policy update, and of the old / reference log-probs recorded for it: the
     same split, so the old log-probs come from the very forward the first inner update repeats (its
     ratio is exactly 1). Whole groups where the loss or the weighting compares a group's completions."""
-    whole_groups = getattr(losses.LOSSES.get(cfg.algorithm.loss), "whole_groups", False) or \
-        getattr(weighting, "whole_groups", False)
+    whole_groups = losses.LOSSES.flag(cfg.algorithm.loss, "whole_groups") or \
+        (weighting is not None and weighting.whole_groups)
     return batch.micro_batches(cfg.trainer.gradient_accumulation_steps, whole_groups=whole_groups)
 
 
 @torch.no_grad()
-def llds_active_tokens(cfg, accelerator, adapter, model, chunks: list[RolloutBatch]) -> float:
+def llds_active_tokens(cfg, accelerator, adapter, model, chunks: list[RolloutBatch], iteration: int) -> float:
     """LLDS's denominator at this inner iteration: the gated tokens of every micro-batch on every rank
     (divided by the number of ranks, as the other denominators), from a forward without gradient
     before the update's first micro-batch, since the gates depend on the current policy."""
     count = 0.0
     for mb in chunks:
-        logp = adapter.log_probs(model, mb)
+        logp = adapter.log_probs(model, mb, **iteration_kwargs(adapter, iteration))
         count += float(losses.llds_gate(logp, mb.old_logp, loss_mask(mb).to(logp.dtype), mb.advantages,
                                         cfg.algorithm.llds_nonneg_advantage).sum())
     total = accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum")
@@ -488,13 +484,12 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                                              device=accelerator.device), "sum")
     num_seqs, num_tokens, num_groups = (totals / world).clamp(min=1e-8).tolist()
     skipped = 0
-    with_logits = getattr(weighting, "needs_logits", False)  # weights computed in the loss's own forward
+    with_logits = weighting is not None and weighting.needs_logits  # weights computed in the loss's own forward
     chunks = update_chunks(cfg, batch, weighting)
     beta = a.beta if a.kl_penalty == "loss" else 0.0
     stats_sum: dict[str, float] = {}
     for iteration in range(a.num_iterations):
         loss_total = 0.0
-        set_mask_iteration(adapter, iteration)
         for mb in chunks:
             if "old_logp_by_iteration" in mb.extras:
                 mb.old_logp = mb.extras["old_logp_by_iteration"][:, iteration]
@@ -502,17 +497,18 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                 mb.ref_logp = mb.extras["ref_logp_by_iteration"][:, iteration]
         # LLDS is 0 on-policy (pi = pi_old); later iterations normalise by the whole batch's gated tokens
         llds_coef = a.llds_coef if iteration > 0 else 0.0
-        llds_tokens = llds_active_tokens(cfg, accelerator, adapter, model, chunks) if llds_coef > 0 else None
+        llds_tokens = llds_active_tokens(cfg, accelerator, adapter, model, chunks, iteration) if llds_coef > 0 else None
         for k, mb in enumerate(chunks):
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
                 if with_logits:
                     logits = adapter.completion_logits(model, mb)
                     logp, entropy = selective_log_softmax(logits, mb.completion_ids, with_entropy=True,
-                                                          chunk_rows=getattr(adapter, "logprob_chunk_rows", 4))
+                                                          chunk_rows=adapter_option(adapter, "logprob_chunk_rows"))
                     context = {"logits": logits, "group_ids": mb.group_ids}
                 else:
-                    logp, entropy = adapter.log_probs(model, mb, with_entropy=True)
+                    logp, entropy = adapter.log_probs(model, mb, with_entropy=True,
+                                                      **iteration_kwargs(adapter, iteration))
                     context = {}
                 mask = loss_mask(mb)
                 old = mb.old_logp if mb.old_logp is not None else logp.detach()
@@ -523,7 +519,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                 loss, stats = losses.compute(
                     a.loss, logp, old, adv, mask, ref_logp=mb.ref_logp,
                     aggregation=a.aggregation, beta=beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp,
-                    token_weights=weights, weights_scale_kl=getattr(weighting, "scales_kl", False),
+                    token_weights=weights, weights_scale_kl=weighting is not None and weighting.scales_kl,
                     max_len=cfg.rollout.max_new_tokens, num_seqs=num_seqs, num_tokens=num_tokens,
                     group_ids=mb.group_ids, num_groups=num_groups, ratio_mask=mb.extras.get("ratio_mask"),
                     llds_coef=llds_coef, llds_nonneg_advantage=a.llds_nonneg_advantage, llds_tokens=llds_tokens,
@@ -601,7 +597,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     accelerator = accelerator or make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
     check_answers(cfg, examples)
-    if hasattr(adapter, "check_rollout"):  # e.g. masked diffusion: block length / steps must divide
+    if adapter_option(adapter, "check_rollout") is not None:  # e.g. masked diffusion: block length / steps
         adapter.check_rollout(cfg.rollout)
     set_seed(cfg.trainer.seed)
     world = accelerator.num_processes
@@ -636,7 +632,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         sharding.copy_parameters(model, ref_model)
     state = AlgorithmState(cfg, len(examples))
     if state.augmentation is not None and state.augmentation.noise_scale > 0 and \
-            not getattr(adapter, "supports_frame_noise", False):
+            not adapter_option(adapter, "supports_frame_noise"):
         raise ValueError(f"augmentation.noise_scale={cfg.augmentation.noise_scale}: frame noise needs video inputs "
                          f"({type(adapter).__name__} has none); set augmentation.noise_scale: 0 for hints only")
     weighting = token_weighting.make(cfg.algorithm.token_weighting, cfg.algorithm.token_weighting_params)
@@ -651,9 +647,10 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     spo_adaptive = isinstance(state.advantage, SPOTracker) and \
         cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
     rows_per_pass = max(1, cfg.trainer.logprob_chunk_rows)
+    last_mask = cfg.algorithm.num_iterations - 1  # SPO scores stored completions with the last inner iteration's masks
     if cfg.eval.every > 0:  # load (and check) the benchmarks before the first step, not at the first eval
         benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt,
-                                     image_examples=getattr(adapter, "image_examples", None))
+                                     image_examples=adapter_option(adapter, "image_examples"))
         eval_root = eval_cache_root(cfg, resume is None, accelerator)
 
     start_trackers(cfg, accelerator)
@@ -689,12 +686,11 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
             add_kl_reward_penalty(cfg, batch, behaviour)
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
         with counter.phase("advantage", accelerator.device):
-            rows = gather_rows(accelerator, batch, with_completions=getattr(state.sampler, "needs_completions", False))
-            divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass) \
+            rows = gather_rows(accelerator, batch, with_completions=state.sampler.needs_completions)
+            divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass, last_mask) \
                 if spo_adaptive else None
             advantages = compute_advantages(cfg, rows, state, divergence)
-        if hasattr(state.sampler, "metrics"):
-            local.update(state.sampler.metrics())
+        local.update(state.sampler.metrics())
         if rescore_due(state.sampler, step):
             local["vas/rescored_completions"] = rescored
         batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
@@ -704,7 +700,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                 weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))
             local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
             if spo_adaptive:
-                spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass)
+                spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass, last_mask)
         # LOG + SAVE
         step_time = time.perf_counter() - t0
         metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local)

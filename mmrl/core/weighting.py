@@ -1,19 +1,11 @@
-"""Token weighting schemes, composable with any per-token policy loss.
-
-A scheme has two hooks (and optional flags: `needs_logits`, `whole_groups`, and `scales_kl` when
-its weights also multiply the KL term; by default they scale the policy term only):
-  prepare(batch, completion_logits)               once per step, on the rank's whole batch after the
-                                                  advantages are known (may set batch.token_weights [N, C]);
-                                                  completion_logits(rows) gives the current policy's
-                                                  [rows, C, V] logits, no gradient;
-  apply(advantages, entropy, mask, token_weights) per micro-batch at loss time, with the current
-                                                  policy's per-token entropy [B, T] (detached);
-                                                  returns (advantages, token_weights, stats).
-Select one with `algorithm.token_weighting: <name>` and `algorithm.token_weighting_params`.
+"""Token weighting schemes, composable with any per-token policy loss: the `TokenWeighting` protocol
+below (a scheme subclasses `TokenWeightingDefaults` for the flags it does not set). Select one with
+`algorithm.token_weighting: <name>` and `algorithm.token_weighting_params`.
 """
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 
@@ -22,6 +14,29 @@ from mmrl.core.losses import masked_mean
 from mmrl.registry import Registry
 
 WEIGHTINGS = Registry("token weighting")
+
+
+class TokenWeighting(Protocol):
+    """What the trainer calls on a token weighting scheme."""
+    needs_logits: bool  # apply() also gets the micro-batch's logits and group ids (computed in the loss's forward)
+    whole_groups: bool  # micro-batches must hold whole groups (the weights compare a group's completions)
+    scales_kl: bool  # the weights also multiply the KL term (by default they scale the policy term only)
+
+    def prepare(self, batch: RolloutBatch, completion_logits=None) -> None:
+        """Once per step, on the rank's whole batch after the advantages are known (may set
+        batch.token_weights [N, C]); completion_logits(rows) gives the current policy's [rows, C, V]
+        logits, no gradient."""
+
+    def apply(self, advantages, entropy, mask, token_weights, **context):
+        """Per micro-batch at loss time, with the current policy's per-token entropy [B, T] (detached);
+        returns (advantages, token_weights, stats)."""
+
+
+class TokenWeightingDefaults:
+    """The optional flags of `TokenWeighting`, with their defaults."""
+    needs_logits = False
+    whole_groups = False
+    scales_kl = False
 
 
 def make(name: str | None, params: dict | None = None):
@@ -44,7 +59,7 @@ def _matching_runs(a: torch.Tensor, b: torch.Tensor, len_a: int, len_b: int) -> 
 
 
 @WEIGHTINGS.register("gtpo")
-class ConflictTokenWeighting:
+class ConflictTokenWeighting(TokenWeightingDefaults):
     """GTPO (Group-relative Trajectory-based Policy Optimization, arXiv 2508.03772, sec. 3; official
     code winstonsmith1897/GTPO gtpo/gtpo_training.py `build_conflict_mask`).
 
@@ -109,7 +124,7 @@ class ConflictTokenWeighting:
 
 
 @WEIGHTINGS.register("entropy_topk")
-class EntropyAdvantageTopK:
+class EntropyAdvantageTopK(TokenWeightingDefaults):
     """Token-level down-sampling of D^3S (Dynamic Dual-level Down-Sampling, arXiv 2509.22115, sec. 3.2;
     no official code): keep the `fraction` of valid tokens with the largest |A_i| * H_{i,t} (H the
     current policy's entropy at the token) and drop the rest from the loss. With a constant |A|
@@ -172,7 +187,7 @@ def group_divergence_weights(logits: torch.Tensor, mask: torch.Tensor, alpha: fl
 
 
 @WEIGHTINGS.register("tw_grpo")
-class TokenDivergenceWeighting:
+class TokenDivergenceWeighting(TokenWeightingDefaults):
     """TW-GRPO token weighting (see group_divergence_weights).
 
     detach=True (default): computed once per step from the policy before the update and held fixed
