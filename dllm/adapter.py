@@ -16,7 +16,7 @@ answer followed by EOS padding. Every estimator draws its masks over the whole c
 the padding visible would tell the model the answer's length, a context it never has while sampling.
 The loss counts the tokens up to and including the first EOS (`loss_scope: answer`, the default, d1's
 completion mask), or, for the ELBO estimators with `loss_scope: canvas`, the whole canvas
-(`extras["loss_mask"]`; LLaDA's SFT trains on the padding). On the tiny demo GDPO's sequence loss
+(`batch.loss_mask`; LLaDA's SFT trains on the padding). On the tiny demo GDPO's sequence loss
 learned stably with `answer`; with `canvas` it rose and then collapsed at every learning rate tried
 (the entropy climbed and the completions grew longer).
 """
@@ -85,14 +85,15 @@ class MaskedDiffusionAdapter(ChatPrompts):
         extras = {"mask_seed": self._new_seeds(len(examples)).repeat_interleave(sizes), "hint_mask": hint_mask}
         return RolloutBatch(prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), completion_ids=completion,
                             completion_mask=completion_mask, group_ids=torch.arange(len(examples)).repeat_interleave(sizes),
-                            extras={**extras, **self._canvas_loss_mask(completion)},
+                            extras=extras, loss_mask=self._canvas_loss_mask(completion),
                             examples=[e for e, k in zip(examples, sizes.tolist()) for _ in range(k)],
                             completions_text=texts)
 
-    def _canvas_loss_mask(self, completion: torch.Tensor) -> dict:
-        """extras['loss_mask'] over the whole canvas for an ELBO estimator with loss_scope 'canvas'."""
+    def _canvas_loss_mask(self, completion: torch.Tensor) -> torch.Tensor | None:
+        """The loss mask over the whole canvas for an ELBO estimator with loss_scope 'canvas' (else None:
+        the completion mask)."""
         elbo = getattr(ESTIMATORS.get(self.estimator), "weighted", True)
-        return {"loss_mask": torch.ones_like(completion)} if elbo and self.loss_scope == "canvas" else {}
+        return torch.ones_like(completion) if elbo and self.loss_scope == "canvas" else None
 
     def check_rollout(self, rollout_cfg) -> None:
         block_schedule(rollout_cfg.max_new_tokens, self.block_length, self.steps or rollout_cfg.max_new_tokens // 2)
@@ -102,7 +103,7 @@ class MaskedDiffusionAdapter(ChatPrompts):
         batch = self._teacher_forced(examples, completions, mask_seed=lambda ids: self._new_seeds(len(ids)),
                                      hint_mask=lambda ids: torch.zeros_like(ids, dtype=torch.bool))
         batch.completion_ids = batch.completion_ids.masked_fill(batch.completion_mask == 0, self.eos_token_ids[0])
-        batch.extras.update(self._canvas_loss_mask(batch.completion_ids))
+        batch.loss_mask = self._canvas_loss_mask(batch.completion_ids)
         return batch
 
     # ------------------------------------------------------------------ scoring

@@ -91,8 +91,8 @@ def entropy_filtered_mask(hint_mask: torch.Tensor, entropy: torch.Tensor, fracti
 
 def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) -> tuple[RolloutBatch, dict]:
     """Rescue this rank's all-wrong groups; returns (batch, metrics). The batch gets
-    extras['loss_mask'] (the entropy filter on hint tokens, within the scope's tokens) whenever
-    inpainting is on, and with `loss_scope: canvas` extras['ratio_mask'] (every canvas position)."""
+    a loss_mask (the entropy filter on hint tokens, within the scope's tokens) whenever inpainting is
+    on, and with `loss_scope: canvas` a ratio_mask (every canvas position)."""
     icfg = cfg.inpainting
     if icfg.loss_scope not in ("answer", "canvas"):
         raise ValueError(f"inpainting.loss_scope: '{icfg.loss_scope}' is not 'answer' or 'canvas' (the official code's)")
@@ -105,9 +105,10 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
              "igpo/rescued_groups": 0, "igpo/replaced_samples": 0}
     canvas_scope = icfg.loss_scope == "canvas"
     if canvas_scope:
-        batch.extras["loss_mask"] = torch.ones_like(batch.completion_mask)
-        batch.extras["ratio_mask"] = torch.ones_like(batch.completion_mask)
-    batch.extras.setdefault("loss_mask", batch.completion_mask.clone())
+        batch.loss_mask = torch.ones_like(batch.completion_mask)
+        batch.ratio_mask = torch.ones_like(batch.completion_mask)
+    if batch.loss_mask is None:
+        batch.loss_mask = batch.completion_mask.clone()
     # entered on every rank, whether or not it has groups to rescue: gathering a sharded (FSDP2) model
     # is a collective, and inside the gathered context the re-generation and entropy forwards need none
     with unwrapped_for_generation(accelerator, model) as policy:
@@ -149,9 +150,9 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
             _, entropy = adapter.log_probs(policy, chosen.to(accelerator.device), with_entropy=True, iteration=0)
     hints = chosen.extras["hint_mask"].cpu()
     scope = torch.ones_like(chosen.completion_mask).cpu() if canvas_scope else loss_mask(chosen).cpu()
-    chosen.extras["loss_mask"] = scope * entropy_filtered_mask(hints & scope.bool(), entropy.cpu(), icfg.entropy_fraction)
+    chosen.loss_mask = scope * entropy_filtered_mask(hints & scope.bool(), entropy.cpu(), icfg.entropy_fraction)
     if canvas_scope:
-        chosen.extras["ratio_mask"] = torch.ones_like(chosen.completion_mask).cpu()
+        chosen.ratio_mask = torch.ones_like(chosen.completion_mask).cpu()
     batch = replace_rows(batch, torch.tensor(put_rows), chosen)
     return batch, stats
 

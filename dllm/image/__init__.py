@@ -67,7 +67,7 @@ def alternate_policies(cfg, accelerator, adapter, model, batch, step: int):
         mask[:, :-1] = 1
     else:
         mask[:, -1] = 1
-    batch.extras["loss_mask"] = mask
+    batch.loss_mask = mask
     with unwrapped_for_generation(accelerator, model) as policy:  # gathered, if sharded
         schedule = policy.schedule
         stats = {f"schedule/{k}": v for k, v in schedule.settings().items()}

@@ -8,7 +8,7 @@ position (`extras["commit_step"]` [N, L]), z (`extras["schedule_z"]`) and the fr
 encoder's outputs. `completion_ids` [N, L + 1] holds the final tokens plus one column for the
 schedule action (its id is unused); `log_probs` returns the matching [N, L + 1] log-probabilities,
 so the core's clipped token-level loss and group-relative advantages apply to both policies, and
-`extras["loss_mask"]` (set per step by `alternate_policies`) chooses which one an update trains. No
+`batch.loss_mask` (set per step by `alternate_policies`) chooses which one an update trains. No
 gradient flows through the sampling chain: each step's log-probability is recomputed from its
 stored input grid (trajectory-level, as in the paper). The decoded images (PIL) are the
 completions the rewards score.

@@ -68,7 +68,13 @@ class RolloutBatch:
     rewards:                          [N, K]  one column per reward function, named by reward_names
     reward_failed:                    [N]     bool: a reward with on_error: drop failed on the row
     old_logp / ref_logp:              [N, C]  behaviour-policy and reference log-probs (or None)
+    old_logp_by_iteration / ref_logp_by_iteration: [N, mu, C] the same per inner iteration, for adapters
+                                              whose scoring draws fresh masks per iteration (or None)
     token_weights:                    [N, C]  optional per-token weights (TW-GRPO, GTPO, ...)
+    loss_mask:                        [N, C]  the tokens the loss counts, where a method sets them (None:
+                                              the completion mask; see `loss_mask()`)
+    ratio_mask:                       [N, C]  the tokens a sequence-level ratio averages over (None: the
+                                              loss mask)
     advantages:                       [N]     filled in by the trainer
     extras: adapter-owned tensors with a leading N dimension (pixel values, mask schedules ...);
     examples / completions_text: python-side per-row data (the prompt's example dict, decoded text).
@@ -86,6 +92,10 @@ class RolloutBatch:
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     token_weights: torch.Tensor | None = None
+    old_logp_by_iteration: torch.Tensor | None = None
+    ref_logp_by_iteration: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None
+    ratio_mask: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -182,6 +192,13 @@ class RolloutBatch:
         for name in ("old_logp", "ref_logp", "token_weights"):
             values = [getattr(b, name) for b in batches]
             optional[name] = pad(values, left=False) if all(v is not None for v in values) else None
+        for name in ("old_logp_by_iteration", "ref_logp_by_iteration"):
+            values = [getattr(b, name) for b in batches]
+            optional[name] = pad_extra(values) if all(v is not None for v in values) else None
+        for name in ("loss_mask", "ratio_mask"):  # where some batches set one, the others' default is spelled out
+            values = [getattr(b, name) for b in batches]
+            optional[name] = None if all(v is None for v in values) else \
+                pad([v if v is not None else loss_mask(b) for v, b in zip(values, batches)], left=False)
         return dataclasses.replace(
             first, prompt_ids=pad([b.prompt_ids for b in batches], True),
             prompt_mask=pad([b.prompt_mask for b in batches], True),
@@ -194,9 +211,9 @@ class RolloutBatch:
 
 
 def loss_mask(batch: RolloutBatch) -> torch.Tensor:
-    """The tokens the loss counts: the completion mask, or extras['loss_mask'] where a method sets one
+    """The tokens the loss counts: the completion mask, or `batch.loss_mask` where a method sets one
     (a masked diffusion ELBO counts the whole generated canvas, EOS padding included; IGPO drops
-    low-entropy hint tokens)."""
-    if "loss_mask" in batch.extras:
-        return batch.extras["loss_mask"].to(batch.completion_mask)
+    low-entropy hint tokens; Co-GRPO picks the policy an update trains)."""
+    if batch.loss_mask is not None:
+        return batch.loss_mask.to(batch.completion_mask)
     return batch.completion_mask

@@ -392,7 +392,7 @@ def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: R
                            weighting=None) -> torch.Tensor | None:
     """old_logp (when several updates reuse the batch) and ref_logp (only when beta > 0), on the
     micro-batches of the update (`update_chunks`). With `fresh_masks` both are recorded for each inner
-    iteration's masks, [N, mu, C] in extras['old_logp_by_iteration'] / ['ref_logp_by_iteration'].
+    iteration's masks, [N, mu, C] in old_logp_by_iteration / ref_logp_by_iteration.
     Returns the behaviour policy's log-probs [N, C] (iteration 0's masks) when the KL is a reward
     penalty (`kl_penalty: reward`), else None."""
     a = cfg.algorithm
@@ -410,9 +410,9 @@ def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: R
                 ref.append(torch.cat([adapter.log_probs(policy, mb, **at) for mb in chunks]))
     if fresh:
         if mu > 1:
-            batch.extras["old_logp_by_iteration"] = torch.stack(old, dim=1)
+            batch.old_logp_by_iteration = torch.stack(old, dim=1)
         if ref:
-            batch.extras["ref_logp_by_iteration"] = torch.stack(ref, dim=1)
+            batch.ref_logp_by_iteration = torch.stack(ref, dim=1)
     else:
         batch.old_logp = old[0] if mu > 1 else None
         batch.ref_logp = ref[0] if ref else None
@@ -425,7 +425,7 @@ def add_kl_reward_penalty(cfg, batch: RolloutBatch, behaviour_logp: torch.Tensor
     (`reward_weights`), so the advantage estimator sees r - beta KL. KL_t is `kl_estimator` (k1 =
     log pi - log pi_ref, verl's default here) clamped by `kl_clamp`."""
     a = cfg.algorithm
-    ref = batch.ref_logp if batch.ref_logp is not None else batch.extras["ref_logp_by_iteration"][:, 0]
+    ref = batch.ref_logp if batch.ref_logp is not None else batch.ref_logp_by_iteration[:, 0]
     kl = losses.KL_ESTIMATORS.get(a.kl_estimator)(behaviour_logp, ref)
     if a.kl_clamp is not None:
         kl = kl.clamp(-a.kl_clamp, a.kl_clamp)
@@ -477,7 +477,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     world = accelerator.num_processes
     dropped = dropped_rows(batch)
     if dropped.any():
-        batch.extras["loss_mask"] = loss_mask(batch) * (~dropped)[:, None].to(batch.completion_mask)
+        batch.loss_mask = loss_mask(batch) * (~dropped)[:, None].to(batch.completion_mask)
     kept_starts = group_starts(batch.group_ids)
     num_groups_local = float((~dropped[kept_starts]).sum()) if len(kept_starts) else 0.0
     totals = accelerator.reduce(torch.tensor([float((~dropped).sum()), float(loss_mask(batch).sum()), num_groups_local],
@@ -491,10 +491,10 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     for iteration in range(a.num_iterations):
         loss_total = 0.0
         for mb in chunks:
-            if "old_logp_by_iteration" in mb.extras:
-                mb.old_logp = mb.extras["old_logp_by_iteration"][:, iteration]
-            if "ref_logp_by_iteration" in mb.extras:
-                mb.ref_logp = mb.extras["ref_logp_by_iteration"][:, iteration]
+            if mb.old_logp_by_iteration is not None:
+                mb.old_logp = mb.old_logp_by_iteration[:, iteration]
+            if mb.ref_logp_by_iteration is not None:
+                mb.ref_logp = mb.ref_logp_by_iteration[:, iteration]
         # LLDS is 0 on-policy (pi = pi_old); later iterations normalise by the whole batch's gated tokens
         llds_coef = a.llds_coef if iteration > 0 else 0.0
         llds_tokens = llds_active_tokens(cfg, accelerator, adapter, model, chunks, iteration) if llds_coef > 0 else None
@@ -521,7 +521,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                     aggregation=a.aggregation, beta=beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp,
                     token_weights=weights, weights_scale_kl=weighting is not None and weighting.scales_kl,
                     max_len=cfg.rollout.max_new_tokens, num_seqs=num_seqs, num_tokens=num_tokens,
-                    group_ids=mb.group_ids, num_groups=num_groups, ratio_mask=mb.extras.get("ratio_mask"),
+                    group_ids=mb.group_ids, num_groups=num_groups, ratio_mask=mb.ratio_mask,
                     llds_coef=llds_coef, llds_nonneg_advantage=a.llds_nonneg_advantage, llds_tokens=llds_tokens,
                     llds_advantages=mb.advantages, **a.loss_params)
                 accelerator.backward(loss)

@@ -154,7 +154,7 @@ def test_alternating_loss_by_hand():
     acc = SimpleNamespace(unwrap_model=lambda m: m)
     model = make_policy_stub()
     _, stats = dllm.image.alternate_policies(cfg, acc, None, model, batch, step=1)  # odd step: schedule
-    mask = batch.extras["loss_mask"]
+    mask = batch.loss_mask
     assert mask.tolist() == [[0, 0, 1], [0, 0, 1]] and stats["cogrpo/trains_schedule"] == 1.0
     token_loss, _ = losses.LOSSES.get("grpo")(logp, old, adv, mask.float(), eps=0.2)
     loss = (token_loss * mask).sum() / mask.sum()
@@ -163,7 +163,7 @@ def test_alternating_loss_by_hand():
     expected = (-min(r[0] * 1, 1.2 * 1) + -min(r[1] * -2, 0.8 * -2)) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-6) and expected == pytest.approx((-1.2 + 1.6) / 2)
     dllm.image.alternate_policies(cfg, acc, None, model, batch, step=2)  # even step: tokens
-    assert batch.extras["loss_mask"].tolist() == [[1, 1, 0], [1, 1, 0]]
+    assert batch.loss_mask.tolist() == [[1, 1, 0], [1, 1, 0]]
 
 
 def make_policy_stub():

@@ -71,8 +71,8 @@ def test_all_wrong_group_is_rescued_on_the_tiny_model():
     hints = out.extras["hint_mask"][:2]
     assert hints.any() and not out.extras["hint_mask"][2:].any()
     # hint tokens outside the top-entropy fifth leave the loss; other tokens keep the answer scope's mask
-    assert (out.extras["loss_mask"][:2][hints] == 0).any()
-    assert torch.equal(out.extras["loss_mask"][:2][~hints], out.completion_mask[:2][~hints])
+    assert (out.loss_mask[:2][hints] == 0).any()
+    assert torch.equal(out.loss_mask[:2][~hints], out.completion_mask[:2][~hints])
 
 
 def _all_wrong_group(extra=()):
@@ -139,15 +139,15 @@ def test_official_loss_scope_counts_every_canvas_position(monkeypatch):
     _with_redo_rewards(monkeypatch, adapter, [1.0, 1.0, 1.0, 1.0])
     out, stats = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
     assert stats["igpo/replaced_samples"] == 4
-    assert out.extras["ratio_mask"].tolist() == [[1] * 16] * 4
+    assert out.ratio_mask.tolist() == [[1] * 16] * 4
     hints = out.extras["hint_mask"]
     assert hints.any()
-    assert (out.extras["loss_mask"][~hints] == 1).all() and (out.extras["loss_mask"][hints] == 0).any()
+    assert (out.loss_mask[~hints] == 1).all() and (out.loss_mask[hints] == 0).any()
     for r in range(4):  # max(1, floor(0.2 n)) of each row's n hint tokens train
         n = int(hints[r].sum())
-        assert int(out.extras["loss_mask"][r][hints[r]].sum()) == max(1, int(0.2 * n))
+        assert int(out.loss_mask[r][hints[r]].sum()) == max(1, int(0.2 * n))
     cfg.inpainting.loss_scope = "answer"
     _, _, _, batch = _all_wrong_group()
     out, _ = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
-    assert "ratio_mask" not in out.extras
-    assert (out.extras["loss_mask"] <= out.completion_mask).all()
+    assert out.ratio_mask is None
+    assert (out.loss_mask <= out.completion_mask).all()

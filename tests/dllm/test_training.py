@@ -48,7 +48,7 @@ def test_old_log_probs_follow_each_inner_iterations_masks():
     examples = [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}]}] * 2
     batch = adapter.generate(model, examples, 2, cfg.rollout)
     record_behaviour_logps(cfg, None, adapter, model, None, batch)
-    old = batch.extras["old_logp_by_iteration"]
+    old = batch.old_logp_by_iteration
     assert old.shape == (4, 2, batch.completion_ids.shape[1])
     for k in range(2):
         with torch.no_grad():
