@@ -138,7 +138,7 @@ class DynamicFilterSampler(UniformSampler):
 
 
 @SAMPLERS.register("vade")
-class VarianceAwareSampler(SamplerDefaults):
+class VADESampler(SamplerDefaults):
     """VADE (Variance-Aware Dynamic Sampling, arXiv 2511.18902, method figure; code not public).
 
     Per prompt i a Beta(alpha_i + 1, beta_i + 1) posterior of its success probability (pseudo-counts
@@ -200,7 +200,7 @@ class VarianceAwareSampler(SamplerDefaults):
 
 
 @SAMPLERS.register("vas")
-class VarianceAwareSampling(UniformSampler):
+class VASSampler(UniformSampler):
     """VAS, variance-aware sampling (MMR1, Leng et al., arXiv 2509.21268, sec. 3 and Alg. 1).
 
     Per prompt x, from its latest group of N completions with pass rate P(x):
