@@ -53,10 +53,20 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- setup helpers
 def end_processes() -> None:
-    """Tear down the process group at the end of a launched script, so every rank exits cleanly
-    (without it, gloo's threads can abort a rank at interpreter exit: 'terminate called without an
-    active exception'). A no-op in a single process."""
+    """Tear down the process group at the end of a launched script, so every rank exits cleanly: a
+    barrier first (no rank closes its connections while another is still in its last collective),
+    then the groups destroyed, then a garbage collection while the interpreter is fully alive (gloo's
+    worker threads can hold work objects with Python tensors; freed during interpreter finalization
+    they abort the process: 'terminate called without an active exception', pytorch PR 179291).
+    A no-op in a single process."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
     PartialState().destroy_process_group()
+    gc.collect()
 
 
 def make_accelerator(cfg) -> Accelerator:
