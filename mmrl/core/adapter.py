@@ -45,6 +45,20 @@ ADAPTER_OPTIONS = {
 }
 
 
+def shared_prompt_cache(model, inputs: dict, sizes: torch.Tensor):
+    """One forward over each group's prompt without its last token (`inputs`: one row per group), its KV
+    cache repeated for the group's `sizes[g]` rows, so `generate` prefills only each row's last prompt
+    token (the same cache as a per-row prefill). Returns (cache, the group of every row)."""
+    from transformers import DynamicCache
+
+    device = inputs["input_ids"].device
+    cache = DynamicCache(config=model.config)
+    model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
+    rows = torch.arange(len(sizes), device=device).repeat_interleave(sizes.to(device))
+    cache.batch_select_indices(rows)
+    return cache, rows
+
+
 def adapter_option(adapter, name: str):
     """The adapter's optional member `name` (ADAPTER_OPTIONS), or its default."""
     return getattr(adapter, name, ADAPTER_OPTIONS[name])

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from mmrl.models.introspect import text_config_of
+
 # dense bf16/fp16 tensor-core peaks, TFLOP/s per device (NVIDIA datasheets; H100/H200: SXM)
 PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0, "L40S": 362.0, "A10G": 125.0}
 
@@ -52,8 +54,7 @@ def token_model(module: torch.nn.Module) -> torch.nn.Module:
 def shape_of(model: torch.nn.Module) -> tuple[int, int, int, int]:
     """(N: parameters that multiply activations, of which the output head's, layers, width) of the token
     model."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config_of(model) if hasattr(model, "config") else None
     layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "num_layers", 0) or 0)
     width = int(getattr(text, "hidden_size", 0) or getattr(text, "d_model", 0) or 0)
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None

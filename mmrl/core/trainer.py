@@ -734,7 +734,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
             if accelerator.is_main_process:  # the curve so far, also for a run that later crashes
                 metrics_log.plot_rewards(reward_names=batch.reward_names, weights=weights, title=method_label(cfg))
         nonfinite_run = nonfinite_run + 1 if record["nonfinite/skipped_updates"] == cfg.algorithm.num_iterations else 0
-        if nonfinite_run and nonfinite_run >= cfg.trainer.max_nonfinite_steps:
+        if nonfinite_run >= cfg.trainer.max_nonfinite_steps:  # validated >= 1
             raise FloatingPointError(
                 f"{nonfinite_run} steps in a row had a non-finite loss or gradient norm (all their updates skipped; "
                 f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps}). Lower optim.lr, check the rewards "
@@ -780,15 +780,7 @@ def start_trackers(cfg, accelerator) -> None:
     <output_dir>/trackers, W&B, Trackio, ...) with the run's config, flattened to dotted keys."""
     if not cfg.trainer.log_with or accelerator.trackers:
         return
-    flat = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    walk("", asdict(cfg))
+    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in checkpoint.flatten(asdict(cfg)).items()}
     name = cfg.trainer.run_name or Path(cfg.output_dir).resolve().name
     where = Path(cfg.output_dir) / "trackers"  # W&B's run files (offline runs too) beside TensorBoard's
     where.mkdir(parents=True, exist_ok=True)

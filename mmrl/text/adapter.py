@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mmrl.core.adapter import ChatPrompts, LogProbsFromLogits, sampled_completions, sampling_kwargs
+from mmrl.core.adapter import ChatPrompts, LogProbsFromLogits, sampled_completions, sampling_kwargs, shared_prompt_cache
 from mmrl.core.batch import RolloutBatch
 from mmrl.core.prefix import first_kept, model_attention_mask, pack_groups, unpack_logits, worth_packing
 
@@ -50,17 +50,12 @@ class CausalLMAdapter(ChatPrompts, LogProbsFromLogits):
     @staticmethod
     def _shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sizes: torch.Tensor):
         """The KV cache of every prompt but its last token, computed once per group and repeated for
-        the group's rows: `generate` then prefills only the last token of each row (the same cache
-        as a per-row prefill; positions from the left-padded mask, as `generate` derives them)."""
-        from transformers import DynamicCache
-
+        the group's rows (`shared_prompt_cache`; positions from the left-padded mask, as `generate`
+        derives them)."""
         firsts = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]]).to(prompt_ids.device)
         ids, mask = prompt_ids[firsts, :-1], prompt_mask[firsts, :-1]
-        cache = DynamicCache(config=model.config)
-        model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 1),
-              cache=cache, use_cache=True)
-        cache.batch_select_indices(torch.arange(len(sizes), device=prompt_ids.device).repeat_interleave(sizes.to(prompt_ids.device)))
-        return cache
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        return shared_prompt_cache(model, dict(input_ids=ids, attention_mask=mask, position_ids=position_ids), sizes)[0]
 
     # ------------------------------------------------------------------ scoring
     def completion_logits(self, model, batch: RolloutBatch) -> torch.Tensor:

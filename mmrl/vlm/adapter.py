@@ -18,7 +18,7 @@ import inspect
 import torch
 
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
-                               tokenized_completions)
+                               shared_prompt_cache, tokenized_completions)
 from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.prefix import (first_kept, model_attention_mask, pack_groups, shares_prefixes, unpack_logits,
                               worth_packing)
@@ -231,16 +231,11 @@ class VLMAdapter(LogProbsFromLogits):
         for the group's rows. The model's forward stores the rows' rope offsets (`rope_deltas`: 3-D rope
         positions run ahead of the token count after images / videos); they are repeated too, which is
         what `generate` reads to place each row's next tokens."""
-        from transformers import DynamicCache
-
         ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
         inputs = self._model_inputs(model, ids, mask, extras, torch.arange(len(sizes)), device, ids.shape[1])
-        cache = DynamicCache(config=model.config)
         rope = next(m for m in model.modules() if hasattr(m, "rope_deltas"))
         rope.rope_deltas = None  # computed afresh from this prefill (cache length 0)
-        model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
-        rows = torch.arange(len(sizes), device=device).repeat_interleave(sizes.to(device))
-        cache.batch_select_indices(rows)
+        cache, rows = shared_prompt_cache(model, inputs, sizes)
         rope.rope_deltas = rope.rope_deltas[rows.to(rope.rope_deltas.device)]
         return cache
 
