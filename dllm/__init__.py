@@ -1,6 +1,7 @@
 """Masked diffusion LMs (LLaDA, Dream, LLaDA2; a tiny bidirectional model for tests): block
 semi-autoregressive rollouts, likelihood estimators (d1's one-step, ELBO by double Monte Carlo,
 GDPO's semi-deterministic ELBO), the GDPO sequence loss and IGPO's inpainting."""
+from dllm import igpo  # noqa: F401  (registers IGPO's inpainting as a training method)
 
 
 def check_kl(cfg) -> None:
@@ -11,7 +12,7 @@ def check_kl(cfg) -> None:
     from dllm.estimators import ESTIMATORS
 
     a, d = cfg.algorithm, cfg.model.diffusion
-    if a.beta > 0 and getattr(ESTIMATORS.get(d.estimator), "weighted", True) and \
+    if a.beta > 0 and ESTIMATORS.flag(d.estimator, "weighted") and \
             not (a.kl_penalty == "reward" and a.kl_estimator == "k1"):
         raise ValueError(f"algorithm.beta={a.beta} with model.diffusion.estimator={d.estimator}: a per-token "
                          f"{a.kl_estimator} estimate on ELBO terms is not a KL. Set algorithm.beta: 0, or "
@@ -39,3 +40,10 @@ def build(cfg, training: bool = True):
                                      sft_pad_to=cfg.rollout.max_new_tokens, loss_scope=d.loss_scope,
                                      confidence=d.confidence)
     return model, adapter
+
+
+def training_examples(cfg, adapter=None):
+    """(the prompt rows of cfg.data, {}): the model family's data (mmrl.modalities)."""
+    from mmrl.data import load_examples
+
+    return load_examples(cfg.data), {}

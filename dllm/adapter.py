@@ -92,7 +92,7 @@ class MaskedDiffusionAdapter(ChatPrompts):
     def _canvas_loss_mask(self, completion: torch.Tensor) -> torch.Tensor | None:
         """The loss mask over the whole canvas for an ELBO estimator with loss_scope 'canvas' (else None:
         the completion mask)."""
-        elbo = getattr(ESTIMATORS.get(self.estimator), "weighted", True)
+        elbo = ESTIMATORS.flag(self.estimator, "weighted")
         return torch.ones_like(completion) if elbo and self.loss_scope == "canvas" else None
 
     def check_rollout(self, rollout_cfg) -> None:

@@ -28,7 +28,9 @@ import torch
 
 from mmrl.registry import Registry
 
-ESTIMATORS = Registry("likelihood estimator")
+# `weighted`: the per-token terms are ELBO terms (w / t) log p at masked positions (their sum estimates a
+# sequence log-likelihood); False: they are every completion token's own log-prob
+ESTIMATORS = Registry("likelihood estimator", flags={"weighted": True})
 
 
 def gauss_legendre(n: int) -> tuple[list[float], list[float]]:
@@ -59,7 +61,7 @@ def one_step_plan(valid: torch.Tensor, prompt_valid: torch.Tensor, seed: int, it
     return [(torch.ones_like(valid), prompt, 1.0)]
 
 
-one_step_plan.weighted = False  # the terms are log-probs of every completion token, not ELBO terms
+ESTIMATORS.mark(one_step_plan, weighted=False)  # the terms are log-probs of every completion token, not ELBO terms
 
 
 @ESTIMATORS.register("elbo_mc")
@@ -175,7 +177,7 @@ def estimate(model, prompt_ids, prompt_mask, completion_ids, completion_mask, se
              params: dict, mask_token_id: int, shift_logits: bool = False, with_entropy: bool = False):
     """Per-token terms [N, C] (and entropies [N, C]) of estimator `name` for the batch's completions."""
     plan_fn = ESTIMATORS.get(name)
-    weighted = getattr(plan_fn, "weighted", True)
+    weighted = ESTIMATORS.flag(name, "weighted")
     rows, width = completion_ids.shape
     valid = completion_mask.bool().cpu()
     prompt_valid = prompt_mask.bool().cpu()

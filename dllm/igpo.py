@@ -32,8 +32,10 @@ import random
 import torch
 
 from mmrl.core.batch import RolloutBatch, group_starts, loss_mask
+from mmrl.core.methods import METHODS, Method
 from mmrl.core.policy import unwrapped_for_generation
 from mmrl.rewards import score_batch
+from mmrl.rewards.registry import success_column
 
 
 def chunk_spans(length: int, min_chunk: int, max_chunk: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -96,7 +98,8 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
     icfg = cfg.inpainting
     if icfg.loss_scope not in ("answer", "canvas"):
         raise ValueError(f"inpainting.loss_scope: '{icfg.loss_scope}' is not 'answer' or 'canvas' (the official code's)")
-    correct = batch.rewards[:, 0].cpu() >= icfg.correct_threshold
+    success = success_column(cfg.rewards)
+    correct = batch.rewards[:, success].cpu() >= icfg.correct_threshold
     starts = group_starts(batch.group_ids.cpu()).tolist()
     bounds = list(zip(starts, starts[1:] + [len(batch)]))
     wrong = [g for g, (a, b) in enumerate(bounds) if not correct[a:b].any()
@@ -134,7 +137,7 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
         for k, g in enumerate(wrong):
             a, b = bounds[g]
             rows = [redo_starts[k] + j for j in range(sizes[k])
-                    if rewards[redo_starts[k] + j, 0] >= icfg.correct_threshold]
+                    if rewards[redo_starts[k] + j, success] >= icfg.correct_threshold]
             rows = sorted(rng.sample(rows, min(len(rows), math.floor(icfg.max_replace_fraction * sizes[k]))))
             take_rows += rows
             put_rows += list(range(a, a + len(rows)))
@@ -166,3 +169,22 @@ def replace_rows(batch: RolloutBatch, rows: torch.Tensor, new: RolloutBatch) -> 
     merged = merged.select(order)
     merged.group_ids = batch.group_ids.cpu()
     return merged.to(batch.group_ids.device)
+
+
+@METHODS.register("igpo")
+class InpaintingGuidedRollouts(Method):
+    """`inpainting.enabled`: each rank's all-wrong groups are rescued by inpainted rollouts after the
+    rollout (`inpaint`)."""
+    counted = ("igpo/all_wrong_groups", "igpo/rescued_groups", "igpo/replaced_samples")
+
+    @classmethod
+    def active(cls, loop) -> bool:
+        return loop.cfg.inpainting.enabled
+
+    @classmethod
+    def label(cls, cfg) -> str | None:
+        return "igpo" if cfg.inpainting.enabled else None
+
+    def after_rollout(self, batch, step: int):
+        loop = self.loop
+        return inpaint(loop.cfg, loop.accelerator, loop.adapter, loop.model, batch, step)

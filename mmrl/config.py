@@ -101,7 +101,7 @@ class ScheduleConfig:
 
 @dataclass
 class ModelConfig:
-    modality: str = "text"  # text | vlm | video | dllm | mdm: which adapter loads the model
+    modality: str = "text"  # text | vlm | video | dllm | mdm, or your model family's import path (mmrl/modalities.py)
     name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the weights are loaded in
     trust_remote_code: bool = False
@@ -160,6 +160,7 @@ class RewardConfig:
     name: str = "accuracy_math"
     weight: float = 1.0
     params: dict = field(default_factory=dict)
+    success: bool = False  # this reward is the run's success signal in [0, 1] (prompt samplers, VAS re-scoring, IGPO's correctness); default: the first reward
     on_error: str = "drop"  # a sample the function raises on or scores NaN/inf: drop (its group leaves the update), zero (scored 0 and trained on: teaches the policy to avoid what broke the reward) or raise
 
 
@@ -189,7 +190,7 @@ class SamplerConfig:
 
 @dataclass
 class AugmentationConfig:
-    """Difficulty-aware augmentation (DeepVideo-R1; mmrl/core/augmentation.py): prompts harder than the
+    """Difficulty-aware augmentation (DeepVideo-R1; mmrl/core/methods/augmentation.py): prompts harder than the
     recent average get a partial reasoning hint, easier ones noisy video frames. The paper does not
     publish the maps from difficulty to hint length and noise level: these linear, capped ones are ours."""
     name: str | None = None  # difficulty | None (off)
@@ -219,7 +220,7 @@ class InpaintingConfig:
     max_replace_fraction: float = 0.5  # lambda: at most this share of the group is replaced
     entropy_fraction: float = 0.2  # tau: hint tokens that train = the top max(1, floor(tau n)) by entropy
     reveal_last_chunk: bool = False  # the official code always reveals the last chunk (which may hold the answer); the paper hides the answer
-    correct_threshold: float = 1.0  # a sample is correct when the first reward is >= this
+    correct_threshold: float = 1.0  # a sample is correct when the success reward (rewards[i].success, default the first) is >= this
     loss_scope: str = "answer"  # answer: loss and GSPO ratio over the tokens up to the first EOS; canvas: the official code's (every canvas position), see dllm/igpo.py
     reference_prefix: str = ""  # prepended to the reference solution before chunking (official: "<reasoning>\n")
 
@@ -326,6 +327,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
+    methods: dict = field(default_factory=dict)  # more training methods by name -> their parameters (mmrl.core.methods: a registered name or 'package.module:Class')
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -460,6 +462,13 @@ def config_from_cli(argv, description: str, modality: str | None = None, cls=Con
         raise SystemExit(f"model.modality={cfg.model.modality!r}: this script trains model.modality: {modality}; "
                          "use the script of that modality")
     return cfg
+
+
+def check_modality_sections(cfg) -> None:
+    """A section that only one model family reads, turned on for another, is refused (it would be
+    ignored silently)."""
+    if cfg.inpainting.enabled and cfg.model.modality != "dllm":
+        raise ConfigError("inpainting.enabled (IGPO) needs a masked diffusion model: model.modality: dllm")
 
 
 class _FirstOfEach:

@@ -7,7 +7,6 @@ mean@k, a markdown table and eval.json.
 Completions are cached under eval.cache_dir (default <output_dir>/eval_cache) as they are generated:
 run the same command again after an interruption and only the missing samples are drawn.
 """
-import importlib
 import json
 from pathlib import Path
 
@@ -16,23 +15,27 @@ from accelerate import Accelerator
 from mmrl.config import config_from_cli
 from mmrl.core.trainer import end_processes
 from mmrl.eval import evaluate, load_benchmarks, markdown_table, model_fingerprint
+from mmrl.modalities import family
 
-# model.modality -> the package whose build(cfg, training) returns (model, adapter)
-MODALITIES = {"text": "mmrl.text", "vlm": "mmrl.vlm", "video": "video", "dllm": "dllm"}
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__)
-    if cfg.model.modality not in MODALITIES:
-        raise SystemExit(f"model.modality={cfg.model.modality!r}: available {sorted(MODALITIES)}")
-    # rows with images become prompts through the vision-language data loader (checked before the model loads)
-    images = importlib.import_module("mmrl.vlm.data").image_examples if cfg.model.modality in ("vlm", "video") else None
+    try:
+        fam = family(cfg.model.modality)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if not getattr(fam, "evaluates_text", True):
+        raise SystemExit(f"model.modality={cfg.model.modality!r}: its outputs are not text answers, which these "
+                         "benchmarks grade")
+    # rows with images become prompts through the family's image loader (checked before the model loads)
+    images = getattr(fam, "image_examples", None)
     try:
         benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt, image_examples=images)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     accelerator = Accelerator()
-    model, adapter = importlib.import_module(MODALITIES[cfg.model.modality]).build(cfg, training=False)
+    model, adapter = fam.build(cfg, training=False)
     model = model.to(accelerator.device).eval()
     tiny = json.dumps({"tiny": vars(cfg.model.tiny), "seed": cfg.trainer.seed}, sort_keys=True) \
         if cfg.model.name_or_path == "tiny" else ""

@@ -5,19 +5,16 @@ tiny random one): d1's one-step estimator, GDPO's ELBO estimators and sequence l
     accelerate launch --num_processes 8 scripts/train_dllm.py --config configs/dllm_gdpo_llada8b.yaml \\
         model.name_or_path=/path/to/LLaDA-8B-Instruct
 """
-import dllm
-from dllm.igpo import inpaint
 from mmrl.config import config_from_cli
 from mmrl.core.run_dir import claim_output_dir
-from mmrl.core.trainer import end_processes, train
-from mmrl.data import load_examples
+from mmrl.core.trainer import end_processes
+from mmrl.launch import train_family
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="dllm")
     claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
-    model, adapter = dllm.build(cfg)
-    return train(cfg, adapter, model, load_examples(cfg.data), post_rollout=[inpaint] if cfg.inpainting.enabled else [])
+    return train_family(cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from mmrl.config import config_from_cli
 from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.policy import unwrapped_for_generation
 from mmrl.core.trainer import end_processes, make_accelerator, train
-from mmrl.data import load_examples
 
 GRID_PROMPTS, GRID_PER_PROMPT = 4, 4
 
@@ -25,11 +24,11 @@ def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="mdm")
     claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
     policy, adapter = dllm.image.build(cfg)
-    examples = load_examples(cfg.data)
+    examples, _ = dllm.image.training_examples(cfg, adapter)
     accelerator = make_accelerator(cfg)
     shown = examples[:GRID_PROMPTS]
     before = sample_grid(adapter, policy.to(accelerator.device), shown, GRID_PER_PROMPT, seed=cfg.trainer.seed)
-    log = train(cfg, adapter, policy, examples, accelerator=accelerator, post_rollout=[dllm.image.alternate_policies])
+    log = train(cfg, adapter, policy, examples, accelerator=accelerator)
     with unwrapped_for_generation(accelerator, policy) as trained:  # every rank gathers a sharded policy
         after = sample_grid(adapter, trained, shown, GRID_PER_PROMPT, seed=cfg.trainer.seed) \
             if accelerator.is_main_process else None

@@ -4,19 +4,16 @@
     accelerate launch --num_processes 8 scripts/train_vlm.py --config configs/vlm_grpo_qwen25vl_7b.yaml \
         model.name_or_path=/path/to/Qwen2.5-VL-7B-Instruct
 """
-from mmrl import vlm
 from mmrl.config import config_from_cli
 from mmrl.core.run_dir import claim_output_dir
-from mmrl.core.trainer import end_processes, train
-from mmrl.vlm.data import load_image_examples
+from mmrl.core.trainer import end_processes
+from mmrl.launch import train_family
 
 
 def main(argv=None):
     cfg = config_from_cli(argv, __doc__, modality="vlm")
     claim_output_dir(cfg, exit_on_error=True)  # refused or unwritable: before the model is built
-    model, adapter = vlm.build(cfg)
-    examples, skipped = load_image_examples(cfg.data)
-    return train(cfg, adapter, model, examples, data_stats={"data/skipped": skipped})
+    return train_family(cfg)
 
 
 if __name__ == "__main__":

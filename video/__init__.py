@@ -9,3 +9,20 @@ def build(cfg, training: bool = True):
 
     return vlm.build(cfg, training=training, adapter_cls=VideoAdapter,
                      sampling=cfg.model.video, cache_videos=cfg.model.video.cache_videos)
+
+
+def training_examples(cfg, adapter):
+    """(the video prompt rows of cfg.data, {"data/skipped": rows left out at load}): every video opened, or its
+    sampled frames decoded (`data.video_check`), through the adapter's frame cache (mmrl.modalities)."""
+    from video.data import load_video_examples
+
+    check = adapter.frames.get if cfg.data.video_check == "decode" else adapter.check_open
+    examples, skipped = load_video_examples(cfg.data, check, cfg.output_dir)
+    return examples, {"data/skipped": skipped}
+
+
+def image_examples(rows: list[dict], data_cfg, base):
+    """Benchmark rows with images as prompts (scripts/eval.py), as the vision-language family reads them."""
+    from mmrl.vlm import image_examples as load
+
+    return load(rows, data_cfg, base)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from mmrl.core.methods import METHODS, Method
 from mmrl.core.policy import unwrapped_for_generation
 
 PHASES = ("tokens", "schedule")
@@ -59,8 +60,8 @@ def phase(cfg, step: int) -> str:
 
 
 def alternate_policies(cfg, accelerator, adapter, model, batch, step: int):
-    """post_rollout hook: the loss mask of this step's phase (the token columns or the schedule column)
-    and the schedule policy's current settings for the log."""
+    """The loss mask of this step's phase (the token columns or the schedule column) and the schedule
+    policy's current settings for the log; (batch, metrics)."""
     trains = phase(cfg, step)
     mask = torch.zeros_like(batch.completion_mask)
     if trains == "tokens":
@@ -74,3 +75,27 @@ def alternate_policies(cfg, accelerator, adapter, model, batch, step: int):
         stats["schedule/std_mean"] = float(schedule.log_std.detach().exp().mean())
     stats["cogrpo/trains_schedule"] = float(trains == "schedule")
     return batch, stats
+
+
+@METHODS.register("cogrpo_alternation")
+class CoGRPOAlternation(Method):
+    """Masked image generation (model.modality: mdm): each step trains the token policy or the schedule
+    policy (`model.schedule.train`, `alternate_every`), chosen after the rollout by the loss mask."""
+
+    @classmethod
+    def active(cls, loop) -> bool:
+        return loop.cfg.model.modality == "mdm"
+
+    def after_rollout(self, batch, step: int):
+        loop = self.loop
+        return alternate_policies(loop.cfg, loop.accelerator, loop.adapter, loop.model, batch, step)
+
+
+def training_examples(cfg, adapter=None):
+    """(the prompt rows of cfg.data, {}): the model family's data (mmrl.modalities)."""
+    from mmrl.data import load_examples
+
+    return load_examples(cfg.data), {}
+
+
+evaluates_text = False  # images, graded by image rewards: scripts/eval.py's text benchmarks do not apply

@@ -135,14 +135,15 @@ ADVANTAGES.mark(decoupled_normalized_advantages, multi_reward=True)
 @ADVANTAGES.register("dgpo")
 def difficulty_balanced_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
                                    reward_weights: list[float] | None = None, question_weighting: bool = True,
-                                   temperature: float = 2.0, eps: float = 1e-4) -> torch.Tensor:
+                                   temperature: float = 2.0, eps: float = 1e-4, success_column: int = 0) -> torch.Tensor:
     """DGPO (MathForge, arXiv 2601.20614, sec. 3; official code AMAP-ML/MathForge trl fork,
     `enable_dgpo`, `enable_dgpo_dqw`, `dgpo_dqw_temp`).
 
     DGAE: A_i = (R_i - mean_G R) / (MAD_G R + eps),  MAD = 1/G sum_j |R_j - mean_G R|  (R: weighted
     total reward), so every non-degenerate group carries the same total |A| = G, hard or easy.
     DQW (if `question_weighting`): over the V groups of the batch with non-zero reward spread,
-    w_q = V * softmax_q(-acc_q / temperature), acc_q = group mean of the first reward column (accuracy);
+    w_q = V * softmax_q(-acc_q / temperature), acc_q = group mean of the success reward's column (accuracy;
+    `success_column`, the trainer's `rewards[i].success`, default the first);
     a valid group with acc 0 counts as acc 1 (lowest weight), as in the code. A_i <- w_q A_i, which
     equals weighting the question's loss since w_q > 0. rewards: [N, K] (or [N]) -> [N]."""
     columns = rewards[:, None] if rewards.dim() == 1 else rewards
@@ -153,7 +154,7 @@ def difficulty_balanced_advantages(rewards: torch.Tensor, group_ids: torch.Tenso
     valid = (n > 1) & (spread > 0)
     adv = torch.where(valid, (total - mean) / (mad + eps), torch.zeros_like(total))
     if question_weighting and valid.any():
-        acc = group_sum(columns[:, 0].double(), inverse, len(counts)) / counts
+        acc = group_sum(columns[:, success_column].double(), inverse, len(counts)) / counts
         acc = torch.where(acc == 0, torch.ones_like(acc), acc)
         valid_group = group_sum(valid.double(), inverse, len(counts)) > 0
         logits = torch.where(valid_group, -acc / temperature, torch.full_like(acc, -float("inf")))
@@ -326,7 +327,7 @@ def single_stream_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, sta
 
 ADVANTAGES.mark(single_stream_advantages, multi_reward=True, single_stream=True, state_class=SPOTracker)
 
-CONTEXT_ARGS = ("state", "example_index", "divergence", "reward_weights")
+CONTEXT_ARGS = ("state", "example_index", "divergence", "reward_weights", "success_column")
 
 
 def make_state(name: str):

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mmrl.core.advantages import SPOTracker
 from mmrl.core.diversity import distinct_n, self_bleu
 from mmrl.registry import Registry
 
@@ -60,11 +61,12 @@ BUILT_IN_ARGS = ("num_prompts", "seed", "tracker")
 
 
 def build(name: str, num_prompts: int, seed: int = 0, params: dict | None = None, tracker=None):
-    """The sampler registered as `name`; `tracker` is the SPO tracker (spo_priority needs it)."""
+    """The sampler registered as `name`; `tracker` is the advantage estimator's state, which a sampler
+    that takes one (spo_priority) gets when it is an SPO tracker."""
     cls = SAMPLERS.get(name)
     kwargs = dict(params or {})
     if "tracker" in inspect.signature(cls).parameters:
-        kwargs["tracker"] = tracker
+        kwargs["tracker"] = tracker if isinstance(tracker, SPOTracker) else None
     return cls(num_prompts, seed=seed, **kwargs)
 
 
@@ -214,7 +216,7 @@ class VASSampler(UniformSampler):
     Refresh: by default from the training rollouts already made (Alg. 1's in-batch refresh, no
     extra generation). `rescore_every: T` adds the paper's periodic re-scoring: before step 0 and
     every T steps the trainer generates `rescore_group_size` fresh completions of every prompt
-    (mmrl/core/rescoring.py) and updates all scores; `refresh_in_batch: false` then keeps only the
+    (mmrl/core/methods/rescoring.py) and updates all scores; `refresh_in_batch: false` then keeps only the
     periodic scores, as the official code does (its examples/mmr1.yaml: every 4 steps, 8
     completions). `momentum` m blends a prompt's new VPS with its previous one (v <- m v + (1 - m)
     v_new). A prompt not yet scored counts, in the weighted half, with the mean VPS of the scored

@@ -4,7 +4,7 @@ mmrl.core.sharding); accelerate's own FSDP and DeepSpeed are refused.
 One step:  the sampler draws the global prompts (and their group sizes) -> each rank generates its
 share of groups (adapter.generate) and scores them (configured reward functions; a refilling
 sampler drops degenerate groups and draws again) -> optional per-rank rewrites of the scored groups
-(difficulty-aware augmentation; a modality's `post_rollout` methods, e.g. IGPO's inpainting) ->
+(the `after_rollout` hooks of the run's methods, mmrl.core.methods: e.g. DeepVideo-R1's prompts, IGPO's) ->
 the rows of all ranks are gathered and the advantages computed over the whole batch, updating the
 stateful estimator and sampler identically on every rank -> token weights, old / reference
 log-probs (per inner update for adapters whose scoring draws fresh masks) -> `num_iterations`
@@ -28,18 +28,18 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from mmrl.config import check_modality_sections
 from mmrl.core import advantages as advantage_estimators
 from mmrl.core import checkpoint, losses, sharding
 from mmrl.core.adapter import adapter_option, assert_adapter, iteration_kwargs
-from mmrl.core.augmentation import DifficultyAugmentation, augment
 from mmrl.core import samplers
 from mmrl.core import weighting as token_weighting
-from mmrl.core.advantages import SPOTracker, combine_rewards, group_stats
-from mmrl.core.batch import RolloutBatch, dropped_rows, group_starts, loss_mask, pad_sequences
+from mmrl.core.advantages import combine_rewards, group_stats
+from mmrl.core.batch import RolloutBatch, dropped_rows, group_starts, loss_mask
 from mmrl.core.logprobs import selective_log_softmax
+from mmrl.core.methods import METHODS, Loop, build_methods, check_methods
 from mmrl.core.metrics import MetricsLog
 from mmrl.core.policy import reference_policy, unwrapped_for_generation
-from mmrl.core.rescoring import rescore_due, rescore_prompts
 from mmrl.core.run_dir import claim_output_dir
 from mmrl.core.sft import supervised_warmup
 from mmrl.core.throughput import FlopCounter, peak_tflops, step_throughput
@@ -47,7 +47,7 @@ from mmrl.data import row_label
 from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
 from mmrl.rewards import REWARDS, score_batch
-from mmrl.rewards.registry import ON_ERROR, REWARD_ARGS
+from mmrl.rewards.registry import ON_ERROR, REWARD_ARGS, success_column
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,10 @@ def validate(cfg, world_size: int) -> None:
     if a.token_weighting is not None:
         token_weighting.WEIGHTINGS.check_params(a.token_weighting, a.token_weighting_params,
                                                 "algorithm.token_weighting_params")
-    if cfg.sampler.name == "spo_priority" and a.advantage != "spo":
-        raise ValueError("sampler.name=spo_priority reads the SPO tracker: set algorithm.advantage: spo")
-    if a.llds_coef > 0 and a.num_iterations < 2:
-        raise ValueError("algorithm.llds_coef > 0 has no effect on-policy (the LLDS gates compare to the "
-                         "behaviour policy): set algorithm.num_iterations >= 2")
-    if a.llds_coef < 0:
-        raise ValueError("algorithm.llds_coef must be >= 0")
     losses.AGGREGATIONS.get(a.aggregation)
     losses.KL_ESTIMATORS.get(a.kl_estimator)
     validate_kl_and_aggregation(a)
+    success_column(cfg.rewards)
     for i, r in enumerate(cfg.rewards):
         REWARDS.check_params(r.name, r.params, f"rewards.{i}.params", skip=REWARD_ARGS)
         if r.on_error not in ON_ERROR:
@@ -147,10 +141,8 @@ def validate(cfg, world_size: int) -> None:
         raise ValueError(f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     if not cfg.rewards:
         raise ValueError("rewards: at least one reward function is needed")
-    if cfg.inpainting.enabled and cfg.model.modality != "dllm":
-        raise ValueError("inpainting.enabled (IGPO) needs a masked diffusion model: model.modality: dllm")
-    if cfg.augmentation.name not in (None, "difficulty"):
-        raise ValueError(f"augmentation.name: '{cfg.augmentation.name}' is not one of difficulty, null (off)")
+    check_modality_sections(cfg)
+    check_methods(cfg)
 
 
 def check_answers(cfg, examples: list[dict]) -> None:
@@ -202,28 +194,28 @@ def build_scheduler(optimizer, optim_cfg, total_steps: int):
 # ---------------------------------------------------------------- state
 class AlgorithmState:
     """Every stateful piece of the algorithm in one checkpointed object: the prompt sampler, the
-    advantage estimator's state (bnpo moments, spo tracker) and the augmentation's replay buffer.
-    Every rank holds an identical copy: all updates are computed from data gathered from all ranks,
-    in the same order."""
+    advantage estimator's state (bnpo moments, spo tracker) and the state of the run's methods
+    (`mmrl.core.methods`, e.g. an augmentation's replay buffer), each under its name. Every rank holds
+    an identical copy: all updates are computed from data gathered from all ranks, in the same order."""
 
     def __init__(self, cfg, num_prompts: int):
         self.advantage = advantage_estimators.make_state(cfg.algorithm.advantage)
-        tracker = self.advantage if isinstance(self.advantage, SPOTracker) else None
-        self.sampler = samplers.build(cfg.sampler.name, num_prompts, cfg.trainer.seed, cfg.sampler.params, tracker)
-        self.augmentation = DifficultyAugmentation.from_config(cfg.augmentation) \
-            if cfg.augmentation.name == "difficulty" else None
+        self.sampler = samplers.build(cfg.sampler.name, num_prompts, cfg.trainer.seed, cfg.sampler.params,
+                                      tracker=self.advantage)
+        self.methods: list = []  # set once the run's methods are built (they may read the sampler)
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(),
                 "advantage": None if self.advantage is None else self.advantage.state_dict(),
-                "augmentation": None if self.augmentation is None else self.augmentation.state_dict()}
+                **{m.name: m.state_dict() for m in self.methods if m.stateful}}
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         if self.advantage is not None:
             self.advantage.load_state_dict(state["advantage"])
-        if self.augmentation is not None and state.get("augmentation") is not None:
-            self.augmentation.load_state_dict(state["augmentation"])
+        for m in self.methods:
+            if m.stateful and state.get(m.name) is not None:
+                m.load_state_dict(state[m.name])
 
 
 @dataclass
@@ -266,16 +258,6 @@ def gather_rows(accelerator, batch: RolloutBatch, with_completions: bool = False
                       example_index=torch.cat([p[2] for p in pieces]), lengths=torch.cat([p[3] for p in pieces]),
                       offset=offset, completions=[t for p in pieces for t in p[4]] if with_completions else None,
                       dropped=torch.cat([p[5] for p in pieces]))
-
-
-def merge_across_ranks(accelerator, local: dict) -> dict:
-    """The union of every rank's dict (same on all ranks)."""
-    if accelerator.num_processes == 1:
-        return dict(local)
-    merged: dict = {}
-    for part in gather_object([local]):
-        merged.update(part)
-    return merged
 
 
 # ---------------------------------------------------------------- one step's pieces
@@ -327,74 +309,27 @@ def add_counts(total: dict, more: dict) -> dict:
     return total
 
 
-def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, divergence: dict | None) -> torch.Tensor:
+def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, context: dict | None = None) -> torch.Tensor:
     """Advantages [N] of the whole step's rows (every rank computes the same) and the sampler update.
-    Groups a reward failed on (`rows.dropped`) are left out of both and get advantage 0."""
+    `context`: extra estimator arguments from the run's methods. Groups a reward failed on
+    (`rows.dropped`) are left out of both and get advantage 0."""
     if rows.dropped is not None and rows.dropped.any():
         kept = torch.nonzero(~rows.dropped).flatten()
         adv = torch.zeros(len(rows.group_ids))
         if len(kept):
-            adv[kept] = compute_advantages(cfg, rows.select(kept), state, divergence).to(adv)
+            adv[kept] = compute_advantages(cfg, rows.select(kept), state, context).to(adv)
         return adv
     a = cfg.algorithm
     adv = advantage_estimators.compute(a.advantage, rows.rewards, rows.group_ids,
                                        reward_weights=reward_weights(cfg), state=state.advantage,
-                                       example_index=rows.example_index, divergence=divergence, **a.advantage_params)
+                                       example_index=rows.example_index, success_column=success_column(cfg.rewards),
+                                       **(context or {}), **a.advantage_params)
     indices, groups = rows.groups()
-    success = rows.rewards[:, 0].clamp(0, 1)  # the first reward function is the success signal
+    success = rows.rewards[:, success_column(cfg.rewards)].clamp(0, 1)
     extra = {"completions": [[rows.completions[j] for j in r.tolist()] for r in groups]} \
         if state.sampler.needs_completions else {}
     state.sampler.update(indices, [success[r].tolist() for r in groups], **extra)
     return adv
-
-
-def stored_batch(entries: list[dict], device) -> RolloutBatch:
-    """A batch of stored (prompt, completion) token lists, prompts left padded."""
-    prompt_ids, prompt_mask = pad_sequences([e["prompt"] for e in entries], left=True)
-    completion_ids, completion_mask = pad_sequences([e["completion"] for e in entries])
-    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                        completion_mask=completion_mask, group_ids=torch.arange(len(entries))).to(device)
-
-
-@torch.no_grad()
-def spo_divergence(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int,
-                   mask_iteration: int = 0) -> dict:
-    """SPO's D(x) for this step's prompts: token-mean |log pi_prev(y') - log pi_now(y')| of the
-    completion y' stored at the prompt's previous visit (merged over ranks)."""
-    seen = [i for i in dict.fromkeys(batch.example_index.tolist()) if i in tracker.last]
-    iteration = iteration_kwargs(adapter, mask_iteration)
-    local = {}
-    with unwrapped_for_generation(accelerator, model) as policy:
-        for start in range(0, len(seen), rows):
-            chunk = seen[start:start + rows]
-            entries = [tracker.last[i] for i in chunk]
-            now = adapter.log_probs(policy, stored_batch(entries, accelerator.device), **iteration).cpu()
-            for j, (i, e) in enumerate(zip(chunk, entries)):
-                before = torch.tensor(e["logp"])
-                local[i] = (before - now[j, :len(before)]).abs().mean().item()
-    return merge_across_ranks(accelerator, local)
-
-
-@torch.no_grad()
-def spo_store_last(accelerator, adapter, model, batch: RolloutBatch, tracker: SPOTracker, rows: int,
-                   mask_iteration: int = 0) -> None:
-    """After the update: keep one completion per prompt with its log-probs under the new policy."""
-    if batch.extras:
-        raise NotImplementedError("spo with rho='adaptive' re-scores stored completions from token ids only; "
-                                  "this adapter needs extras (images/video): use advantage_params.rho: constant")
-    firsts = group_starts(batch.group_ids)
-    iteration = iteration_kwargs(adapter, mask_iteration)
-    local = {}
-    with unwrapped_for_generation(accelerator, model) as policy:
-        for start in range(0, len(firsts), rows):
-            part = batch.select(firsts[start:start + rows].cpu())
-            logp = adapter.log_probs(policy, part, **iteration).cpu()
-            for j in range(len(part)):
-                pm, cm = part.prompt_mask[j].bool(), part.completion_mask[j].bool()
-                local[int(part.example_index[j])] = {
-                    "prompt": part.prompt_ids[j][pm].tolist(), "completion": part.completion_ids[j][cm].tolist(),
-                    "logp": logp[j][cm.cpu()].tolist()}
-    tracker.last.update(merge_across_ranks(accelerator, local))
 
 
 @torch.no_grad()
@@ -460,31 +395,20 @@ def update_chunks(cfg, batch: RolloutBatch, weighting=None) -> list[RolloutBatch
     return batch.micro_batches(cfg.trainer.gradient_accumulation_steps, whole_groups=whole_groups)
 
 
-@torch.no_grad()
-def llds_active_tokens(cfg, accelerator, adapter, model, chunks: list[RolloutBatch], iteration: int) -> float:
-    """LLDS's denominator at this inner iteration: the gated tokens of every micro-batch on every rank
-    (divided by the number of ranks, as the other denominators), from a forward without gradient
-    before the update's first micro-batch, since the gates depend on the current policy."""
-    count = 0.0
-    for mb in chunks:
-        logp = adapter.log_probs(model, mb, **iteration_kwargs(adapter, iteration))
-        count += float(losses.llds_gate(logp, mb.old_logp, loss_mask(mb).to(logp.dtype), mb.advantages,
-                                        cfg.algorithm.llds_nonneg_advantage).sum())
-    total = accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum")
-    return float(total) / accelerator.num_processes
-
-
-def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch, weighting=None) -> dict:
+def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch: RolloutBatch, weighting=None,
+                  methods=None) -> dict:
     """`num_iterations` optimizer steps over the batch, each accumulating over micro-batches.
 
     Aggregation denominators are those of the whole optimizer batch on all ranks (divided by the
     number of ranks, since DDP averages gradients), so the update does not depend on how the batch
-    is split into micro-batches or processes; LLDS's (a count of gated tokens) is taken before each
-    inner update after the first. Groups a reward failed on (on_error: drop) count nowhere: their tokens
+    is split into micro-batches or processes. The run's `methods` may add loss terms (their hooks
+    `before_iteration`, `loss_terms`; None: those the config turns on). Groups a reward failed on (on_error: drop) count nowhere: their tokens
     leave the loss mask. An inner update whose loss or gradient norm is not finite (on any rank) is
     skipped and counted (`nonfinite/skipped_updates`). `batch` must already be on the accelerator's device."""
     a = cfg.algorithm
     world = accelerator.num_processes
+    if methods is None:
+        methods = build_methods(Loop(cfg, accelerator, adapter, model))
     dropped = dropped_rows(batch)
     if dropped.any():
         batch.loss_mask = loss_mask(batch) * (~dropped)[:, None].to(batch.completion_mask)
@@ -505,9 +429,8 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                 mb.old_logp = mb.old_logp_by_iteration[:, iteration]
             if mb.ref_logp_by_iteration is not None:
                 mb.ref_logp = mb.ref_logp_by_iteration[:, iteration]
-        # LLDS is 0 on-policy (pi = pi_old); later iterations normalise by the whole batch's gated tokens
-        llds_coef = a.llds_coef if iteration > 0 else 0.0
-        llds_tokens = llds_active_tokens(cfg, accelerator, adapter, model, chunks, iteration) if llds_coef > 0 else None
+        for method in methods:
+            method.before_iteration(chunks, iteration)
         for k, mb in enumerate(chunks):
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
@@ -532,8 +455,7 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                     token_weights=weights, weights_scale_kl=weighting is not None and weighting.scales_kl,
                     max_len=cfg.rollout.max_new_tokens, num_seqs=num_seqs, num_tokens=num_tokens,
                     group_ids=mb.group_ids, num_groups=num_groups, ratio_mask=mb.ratio_mask,
-                    llds_coef=llds_coef, llds_nonneg_advantage=a.llds_nonneg_advantage, llds_tokens=llds_tokens,
-                    llds_advantages=mb.advantages, **a.loss_params)
+                    **{k: v for method in methods for k, v in method.loss_terms(mb, iteration).items()}, **a.loss_params)
                 accelerator.backward(loss)
             loss_total += loss.item()
             if iteration == 0:  # the policy statistics of the on-policy pass
@@ -541,8 +463,8 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                 stats["entropy"] = losses.masked_mean(entropy, mask.to(entropy.dtype))
                 for key, value in stats.items():
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(value) / len(chunks)
-            elif llds_coef > 0:  # LLDS acts after the first update: its terms summed over micro-batches
-                for key in ("llds/penalty", "llds/active_tokens"):
+            else:  # terms that act only after the first update: summed over micro-batches, averaged over updates
+                for key in (k for method in methods for k in method.later_iteration_stats if k in stats):
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(stats[key]) / (a.num_iterations - 1)
         grad_norm = sharding.clip_gradients(accelerator, model, cfg.optim.max_grad_norm)
         bad = accelerator.reduce(torch.tensor(float(not math.isfinite(loss_total)), device=accelerator.device), "sum")
@@ -558,19 +480,18 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
     return {**stats_sum, "loss": loss_total, "grad_norm": grad_norm, "nonfinite/skipped_updates": skipped}
 
 
-COUNTED = ("filter/shortfall_groups", "augment/hinted_groups", "augment/noised_groups",
-           "igpo/all_wrong_groups", "igpo/rescued_groups", "igpo/replaced_samples")
+COUNTED = ("filter/shortfall_groups",)  # besides every `/errors` key and the run's methods' `counted`
 
 
 def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weights: list[float],
-                 reward_names: list[str], local: dict) -> dict:
+                 reward_names: list[str], local: dict, counted_keys: tuple[str, ...] = ()) -> dict:
     """Step metrics over all ranks: reward/length/advantage statistics from the gathered rows;
-    counters summed and per-rank statistics averaged over ranks."""
+    counters (COUNTED, `counted_keys`, `/errors`) summed and per-rank statistics averaged over ranks."""
     total = combine_rewards(rows.rewards, weights)
     _, _, _, spread = group_stats(total, rows.group_ids)
     first = group_starts(rows.group_ids)
     device = accelerator.device
-    counted = sorted(k for k in local if k in COUNTED or k.endswith("/errors"))
+    counted = sorted(k for k in local if k in COUNTED or k in counted_keys or k.endswith("/errors"))
     sums = accelerator.reduce(torch.tensor([float(local[k]) for k in counted], device=device), "sum").tolist()
     averaged_keys = sorted(k for k in local if k not in counted)
     per_rank = torch.tensor([float(local[k]) for k in averaged_keys], device=device)
@@ -597,11 +518,10 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
 
 # ---------------------------------------------------------------- the loop
 def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | None = None,
-          data_stats: dict | None = None, post_rollout=()) -> MetricsLog:
+          data_stats: dict | None = None) -> MetricsLog:
     """Train `model` with group-relative RL as configured; returns the metrics log. `data_stats`
-    (e.g. {"data/skipped": rows dropped at load}) is logged with every step. `post_rollout`:
-    modality methods run on each rank's scored batch before the advantages, each
-    fn(cfg, accelerator, adapter, model, batch, step) -> (batch, metrics) (e.g. IGPO's inpainting)."""
+    (e.g. {"data/skipped": rows dropped at load}) is logged with every step. Methods with state or a
+    rollout rewrite run through their hooks (`mmrl.core.methods`), chosen by the config."""
     assert_adapter(adapter)
     claim_output_dir(cfg)  # the scripts claim it before building the model; again for direct callers
     accelerator = accelerator or make_accelerator(cfg)
@@ -641,10 +561,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     elif with_reference and cfg.sft.steps > 0:
         sharding.copy_parameters(model, ref_model)
     state = AlgorithmState(cfg, len(examples))
-    if state.augmentation is not None and state.augmentation.noise_scale > 0 and \
-            not adapter_option(adapter, "supports_frame_noise"):
-        raise ValueError(f"augmentation.noise_scale={cfg.augmentation.noise_scale}: frame noise needs video inputs "
-                         f"({type(adapter).__name__} has none); set augmentation.noise_scale: 0 for hints only")
+    state.methods = methods = build_methods(Loop(cfg, accelerator, adapter, model, examples, state))
+    counted_keys = tuple(k for m in methods for k in m.counted)
     weighting = token_weighting.make(cfg.algorithm.token_weighting, cfg.algorithm.token_weighting_params)
     for obj in (scheduler, state):  # restored by load_state in this order
         accelerator.register_for_checkpointing(obj)
@@ -654,10 +572,6 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                              resume_step=start if resume is not None else None,
                              append=cfg.resume_from is not None and resume is None)
     weights = reward_weights(cfg)
-    spo_adaptive = isinstance(state.advantage, SPOTracker) and \
-        cfg.algorithm.advantage_params.get("rho", "adaptive") == "adaptive"
-    rows_per_pass = max(1, cfg.trainer.logprob_chunk_rows)
-    last_mask = cfg.algorithm.num_iterations - 1  # SPO scores stored completions with the last inner iteration's masks
     if cfg.eval.every > 0:  # load (and check) the benchmarks before the first step, not at the first eval
         benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt,
                                      image_examples=adapter_option(adapter, "image_examples"))
@@ -678,16 +592,12 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         t0 = time.perf_counter()
         counter.reset()
         with counter.phase("rollout", accelerator.device):
-            if rescore_due(state.sampler, step):  # VAS with rescore_every: fresh rollouts of every prompt
-                rescored = rescore_prompts(cfg, accelerator, adapter, model, examples, state.sampler)
+            before = {k: v for method in methods for k, v in method.before_rollout(step).items()}
             # ROLLOUT: every rank draws the same global prompts, generates its share of groups, scores them
             batch, local = rollout(cfg, accelerator, adapter, model, examples, state)
-            if state.augmentation is not None:  # DeepVideo-R1: hints for hard prompts, frame noise for easy ones
-                batch, augmented = augment(cfg, accelerator, adapter, model, batch, state.augmentation, step)
-                add_counts(local, {k: augmented.pop(k) for k in list(augmented) if k.endswith("/errors")})
-                local.update(augmented)
-            for method in post_rollout:
-                batch, extra = method(cfg, accelerator, adapter, model, batch, step)
+            for method in methods:  # rewrites of each rank's scored groups
+                batch, extra = method.after_rollout(batch, step)
+                add_counts(local, {k: extra.pop(k) for k in list(extra) if k.endswith("/errors")})
                 local.update(extra)
         # OLD / REFERENCE LOG-PROBS (and, with kl_penalty: reward, the KL as a reward column)
         with counter.phase("logprobs", accelerator.device):
@@ -697,23 +607,21 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         # ADVANTAGE: over the rows of all ranks (batch-level statistics, stateful estimators)
         with counter.phase("advantage", accelerator.device):
             rows = gather_rows(accelerator, batch, with_completions=state.sampler.needs_completions)
-            divergence = spo_divergence(accelerator, adapter, model, batch, state.advantage, rows_per_pass, last_mask) \
-                if spo_adaptive else None
-            advantages = compute_advantages(cfg, rows, state, divergence)
+            context = {k: v for method in methods for k, v in method.advantage_context(batch).items()}
+            advantages = compute_advantages(cfg, rows, state, context)
         local.update(state.sampler.metrics())
-        if rescore_due(state.sampler, step):
-            local["vas/rescored_completions"] = rescored
+        local.update(before)
         batch.advantages = advantages[rows.offset:rows.offset + len(batch)].to(accelerator.device)
         # UPDATE: mu optimizer steps on this batch
         with counter.phase("update", accelerator.device):
             if weighting is not None:
                 weighting.prepare(batch, completion_logits=lambda rows: adapter.completion_logits(model, rows))
-            local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting))
-            if spo_adaptive:
-                spo_store_last(accelerator, adapter, model, batch, state.advantage, rows_per_pass, last_mask)
+            local.update(policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch, weighting, methods))
+            for method in methods:
+                local.update(method.after_update(batch))
         # LOG + SAVE
         step_time = time.perf_counter() - t0
-        metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local)
+        metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local, counted_keys)
         metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=step_time, world_size=world, **(data_stats or {}))
         trained = int(batch.prompt_mask.sum() + batch.completion_mask.sum()) * cfg.algorithm.num_iterations
         metrics.update(step_throughput(accelerator, counter, step_time, int(batch.completion_mask.sum()), trained,
@@ -754,8 +662,7 @@ def method_label(cfg) -> str:
     """The method's name for the progress bar and plots: the loss, then what differs from plain GRPO."""
     a = cfg.algorithm
     parts = [a.loss, a.advantage, a.token_weighting, cfg.sampler.name if cfg.sampler.name != "uniform" else None,
-             "igpo" if cfg.inpainting.enabled else None, f"{cfg.augmentation.name}-aug" if cfg.augmentation.name else None,
-             f"kl{a.beta:g}" if a.beta > 0 else None]
+             *(method.label(cfg) for method in METHODS.values()), f"kl{a.beta:g}" if a.beta > 0 else None]
     return "+".join(dict.fromkeys(p for p in parts if p))
 
 

@@ -46,6 +46,15 @@ def _call_safely(fn, completions, examples, lengths, params) -> tuple[list[float
     return values, why
 
 
+def success_column(reward_cfgs) -> int:
+    """The column of the run's success signal: the reward with `success: true`, else the first."""
+    marked = [i for i, r in enumerate(reward_cfgs) if r.success]
+    if len(marked) > 1:
+        raise ValueError(f"rewards: {', '.join(f'rewards.{i}' for i in marked)} all set success: true; the success "
+                         "signal (samplers, IGPO) is one reward")
+    return marked[0] if marked else 0
+
+
 def score_batch(reward_cfgs, batch) -> dict[str, int]:
     """Rewards [N, K] of a rollout batch's completions (against its examples) into `batch.rewards` /
     `batch.reward_names`, the rows to drop into `batch.reward_failed`; returns the failures per reward

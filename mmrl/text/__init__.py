@@ -15,3 +15,10 @@ def build(cfg, training: bool = True):
                               temperature=cfg.rollout.temperature,
                               prefix_sharing=use_prefix_sharing(cfg.trainer.prefix_sharing, model))
     return model, adapter
+
+
+def training_examples(cfg, adapter=None):
+    """(the prompt rows of cfg.data, {}): the model family's data (mmrl.modalities)."""
+    from mmrl.data import load_examples
+
+    return load_examples(cfg.data), {}

@@ -62,3 +62,18 @@ def build(cfg, training: bool = True, adapter_cls=VLMAdapter, **adapter_kwargs):
                           prefix_sharing=use_prefix_sharing(cfg.trainer.prefix_sharing, model),
                           prompt_cache=cfg.trainer.prefix_sharing, **adapter_kwargs)
     return model, adapter
+
+
+def training_examples(cfg, adapter=None):
+    """(the image prompt rows of cfg.data, {"data/skipped": rows left out at load}) (mmrl.modalities)."""
+    from mmrl.vlm.data import load_image_examples
+
+    examples, skipped = load_image_examples(cfg.data)
+    return examples, {"data/skipped": skipped}
+
+
+def image_examples(rows: list[dict], data_cfg, base):
+    """Benchmark rows with images as prompts (scripts/eval.py): (prompts, rows skipped)."""
+    from mmrl.vlm.data import image_examples as load
+
+    return load(rows, data_cfg, base)

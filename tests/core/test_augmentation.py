@@ -5,7 +5,7 @@ import torch
 from accelerate import Accelerator
 
 from mmrl.config import load_config
-from mmrl.core.augmentation import (DifficultyAugmentation, augment, hint_prefix, reasoning_of, with_user_text)
+from mmrl.core.methods.augmentation import (DifficultyAugmentation, augment, hint_prefix, reasoning_of, with_user_text)
 from mmrl.core.batch import RolloutBatch
 
 

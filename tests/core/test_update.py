@@ -195,3 +195,30 @@ def test_advantages_leave_out_the_groups_a_reward_failed_on():
     r = 1 / math.sqrt(2)
     assert adv.tolist() == pytest.approx([0, 0, r, -r, -r, r], abs=1e-4)
     assert seen == [[6, 7]]
+
+
+def test_the_sampler_and_dgpo_read_the_reward_marked_as_success():
+    """Two rewards, format (column 0) then accuracy (column 1, `success: true`): the sampler's successes
+    and DGPO's question weights come from accuracy, not from column 0. DGPO by hand: groups [1, 0] and
+    [1, 1, 0] of accuracy at weights (0, 1) -> totals equal accuracy; acc_q = 0.5 and 2/3, so
+    w = 2 softmax(-acc / 2) = (1.0417, 0.9583); MAD_1 = 0.5 -> A = +-1.0 x 1.0417; group 2: mean 2/3,
+    MAD 4/9 -> A = (0.75, 0.75, -1.5) x 0.9583. Column 0 (format: [0, 0], [1, 1, 1]) would give the
+    sampler those values and DGPO weights (1, 1)."""
+    cfg = load_config(None, ["rewards=[{name: format, weight: 0.0}, {name: accuracy_math, success: true}]",
+                             "algorithm.advantage=dgpo"])
+    rows = trainer.GlobalRows(rewards=torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]),
+                              group_ids=torch.tensor([0, 0, 1, 1, 1]), example_index=torch.tensor([3, 3, 4, 4, 4]),
+                              lengths=torch.ones(5), offset=0)
+    state = trainer.AlgorithmState(cfg, 10)
+    seen = []
+    state.sampler.update = lambda indices, successes, **kw: seen.append(successes)
+    adv = trainer.compute_advantages(cfg, rows, state)
+    w1, w2 = (2 * torch.softmax(torch.tensor([-0.25, -1 / 3]), 0)).tolist()
+    assert adv.tolist() == pytest.approx([w1, -w1, 0.75 * w2, 0.75 * w2, -1.5 * w2], abs=1e-3)
+    assert seen == [[[1.0, 0.0], [1.0, 1.0, 0.0]]]
+
+
+def test_two_success_rewards_are_refused():
+    cfg = load_config(None, ["rewards=[{name: format, success: true}, {name: accuracy_math, success: true}]"])
+    with pytest.raises(ValueError, match="rewards.0, rewards.1 all set success: true"):
+        trainer.validate(cfg, 1)

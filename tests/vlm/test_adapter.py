@@ -289,3 +289,17 @@ def test_shared_prompt_cache_generates_what_per_row_prefill_does(tok, family):
     def make(**kw):
         return VLMAdapter(build_processor(tok, family=family), min_pixels=28 * 28, max_pixels=84 * 84, **kw)
     assert_prompt_cache_equals_per_row_prefill(make, build_tiny_vlm(tok, seed=0, family=family), examples, [3, 1, 2])
+
+
+@pytest.mark.parametrize("attention,window", [("eager", None), ("sdpa", 8), ("eager", 8)])
+def test_shared_prompt_cache_under_eager_attention_and_a_sliding_window(tok, attention, window):
+    """The group's cache under eager attention (an additive mask over the repeated cache) and with a
+    sliding window on the second layer (8 tokens, shorter than every prompt): what per-row prefill gives."""
+    overrides = {} if window is None else dict(use_sliding_window=True, sliding_window=window, max_window_layers=1)
+    model = build_tiny_vlm(tok, seed=0, attn_implementation=attention, text_overrides=overrides)
+    assert model.config.get_text_config()._attn_implementation == attention
+    examples = [example([img(64, 64)]), example([img(96, 32), img(32, 32, (20, 200, 40))], "Two images?")]
+
+    def make(**kw):
+        return VLMAdapter(build_processor(tok), min_pixels=28 * 28, max_pixels=84 * 84, **kw)
+    assert_prompt_cache_equals_per_row_prefill(make, model, examples, [2, 3])

@@ -10,8 +10,10 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from mmrl.core.methods.base import METHODS, Method
 from mmrl.core.policy import unwrapped_for_generation
 from mmrl.rewards import score
+from mmrl.rewards.registry import success_column
 
 
 def rescore_due(sampler, step: int) -> bool:
@@ -22,19 +24,20 @@ def rescore_due(sampler, step: int) -> bool:
 
 @torch.no_grad()
 def rescore_prompts(cfg, accelerator, adapter, model, examples: list[dict], sampler) -> int:
-    """`sampler.rescore_group_size` completions of every prompt, scored by the first configured
-    reward (the success signal), then sampler.update on all of them; returns the completions made."""
+    """`sampler.rescore_group_size` completions of every prompt, scored by the success reward
+    (`rewards[i].success`, default the first), then sampler.update on all of them; returns the completions made."""
     rank, world = accelerator.process_index, accelerator.num_processes
     n = sampler.rescore_group_size
     mine = list(range(rank, len(examples), world))
     per_call = max(1, cfg.trainer.prompts_per_step // world)
+    success_reward = cfg.rewards[success_column(cfg.rewards)]
     results = []
     with unwrapped_for_generation(accelerator, model) as policy:
         for start in tqdm(range(0, len(mine), per_call), desc="rescore prompts", leave=False,
                           disable=not accelerator.is_local_main_process):
             chunk = mine[start:start + per_call]
             batch = adapter.generate(policy, [examples[i] for i in chunk], n, cfg.rollout)
-            rewards = score(cfg.rewards[:1], batch.completions_text, batch.examples,
+            rewards = score([success_reward], batch.completions_text, batch.examples,
                             batch.completion_lengths.tolist()).rewards
             success = rewards[:, 0].clamp(0, 1).view(len(chunk), n).tolist()
             tokens = batch.completion_token_lists()
@@ -45,3 +48,20 @@ def rescore_prompts(cfg, accelerator, adapter, model, examples: list[dict], samp
     sampler.update([r[0] for r in results], [r[1] for r in results], completions=[r[2] for r in results],
                    rescoring=True)
     return len(results) * n
+
+
+@METHODS.register("rescore_prompts")
+class PeriodicRescoring(Method):
+    """Samplers with `rescore_every` > 0 (VAS): before step 0 and every `rescore_every` steps, fresh
+    rollouts of every prompt update the sampler's scores."""
+
+    @classmethod
+    def active(cls, loop) -> bool:
+        return loop.state is not None and loop.state.sampler.rescore_every > 0
+
+    def before_rollout(self, step: int) -> dict:
+        loop = self.loop
+        if not rescore_due(loop.state.sampler, step):
+            return {}
+        made = rescore_prompts(loop.cfg, loop.accelerator, loop.adapter, loop.model, loop.examples, loop.state.sampler)
+        return {"vas/rescored_completions": made}

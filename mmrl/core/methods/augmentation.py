@@ -30,6 +30,7 @@ from accelerate.utils import gather_object
 from mmrl.core.adapter import adapter_option
 from mmrl.core.advantages import combine_rewards
 from mmrl.core.batch import RolloutBatch, group_starts
+from mmrl.core.methods.base import METHODS, Method
 from mmrl.core.policy import unwrapped_for_generation
 from mmrl.rewards import score, score_batch
 
@@ -180,3 +181,42 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
         else:
             pieces.append(batch.select(slice(a, b)))
     return RolloutBatch.concat(pieces), stats
+
+
+@METHODS.register("augmentation")
+class DifficultyAwareAugmentation(Method):
+    """`augmentation.name: difficulty`: each rank's scored groups are augmented after the rollout; the
+    replay buffer of recent group means is the checkpointed state."""
+    stateful = True
+    counted = ("augment/hinted_groups", "augment/noised_groups")
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.augmentation = DifficultyAugmentation.from_config(loop.cfg.augmentation)
+        if self.augmentation.noise_scale > 0 and not adapter_option(loop.adapter, "supports_frame_noise"):
+            raise ValueError(f"augmentation.noise_scale={self.augmentation.noise_scale}: frame noise needs video "
+                             f"inputs ({type(loop.adapter).__name__} has none); set augmentation.noise_scale: 0 "
+                             "for hints only")
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.augmentation.name not in (None, "difficulty"):
+            raise ValueError(f"augmentation.name: '{cfg.augmentation.name}' is not one of difficulty, null (off)")
+
+    @classmethod
+    def active(cls, loop) -> bool:
+        return loop.cfg.augmentation.name == "difficulty"
+
+    @classmethod
+    def label(cls, cfg) -> str | None:
+        return f"{cfg.augmentation.name}-aug" if cfg.augmentation.name else None
+
+    def after_rollout(self, batch, step: int):
+        loop = self.loop
+        return augment(loop.cfg, loop.accelerator, loop.adapter, loop.model, batch, self.augmentation, step)
+
+    def state_dict(self) -> dict:
+        return self.augmentation.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.augmentation.load_state_dict(state)
