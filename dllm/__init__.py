@@ -38,7 +38,7 @@ def build(cfg, training: bool = True):
                                      max_prompt_length=cfg.data.max_prompt_length,
                                      logprob_chunk_rows=cfg.trainer.logprob_chunk_rows,
                                      sft_pad_to=cfg.rollout.max_new_tokens, loss_scope=d.loss_scope,
-                                     confidence=d.confidence)
+                                     confidence=d.confidence, temperature=cfg.rollout.temperature)
     return model, adapter
 
 

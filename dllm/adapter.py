@@ -30,13 +30,31 @@ from mmrl.core.adapter import ChatPrompts, completion_mask_from_eos
 from mmrl.core.batch import RolloutBatch
 
 
+def check_left_to_right(estimator: str, rollout_cfg, block_length: int, steps: int | None, temperature: float) -> None:
+    """An exact estimator's likelihood is the rollout policy's only when the rollout commits one token a
+    step, left to right, from the tempered distribution it scores (no top-k / top-p)."""
+    n = rollout_cfg.max_new_tokens
+    fixes = []
+    if block_length != 1 or steps != n:
+        fixes.append(f"model.diffusion.block_length: 1 and model.diffusion.steps: {n} (rollout.max_new_tokens), "
+                     f"not {block_length} and {steps}")
+    if rollout_cfg.temperature <= 0 or rollout_cfg.temperature != temperature:
+        fixes.append(f"rollout.temperature > 0 (the scored distribution's, {temperature}), not {rollout_cfg.temperature}")
+    if rollout_cfg.top_k or rollout_cfg.top_p < 1:
+        fixes.append("rollout.top_k: 0 and rollout.top_p: 1.0 (no filtered sampling)")
+    if fixes:
+        raise ValueError(f"model.diffusion.estimator={estimator} scores rollouts made left to right one token at a "
+                         f"time: set {'; '.join(fixes)}")
+
+
 class MaskedDiffusionAdapter(ChatPrompts):
     fresh_masks = True  # masks are redrawn per inner iteration: the trainer records old log-probs per iteration
 
     def __init__(self, tokenizer, mask_token_id: int, block_length: int = 32, steps: int | None = None,
                  estimator: str = "one_step", estimator_params: dict | None = None, shift_logits: bool = False,
                  max_prompt_length: int = 512, logprob_chunk_rows: int = 4, sft_eps: float = 1e-3,
-                 sft_pad_to: int | None = None, loss_scope: str = "canvas", confidence: str = "sampled"):
+                 sft_pad_to: int | None = None, loss_scope: str = "canvas", confidence: str = "sampled",
+                 temperature: float = 1.0):
         ESTIMATORS.check_params(estimator, estimator_params or {}, "model.diffusion.estimator_params",
                                 skip=("valid", "prompt_valid", "seed", "iteration"))
         self._setup_prompts(tokenizer, max_prompt_length)
@@ -46,6 +64,7 @@ class MaskedDiffusionAdapter(ChatPrompts):
         if confidence not in CONFIDENCES:
             raise ValueError(f"model.diffusion.confidence={confidence!r}: use one of {list(CONFIDENCES)}")
         self.confidence = confidence
+        self.temperature = temperature  # the rollout's: an exact estimator scores the distribution it sampled
         self.shift_logits = shift_logits
         self.logprob_chunk_rows = logprob_chunk_rows
         self.sft_eps, self.sft_pad_to = sft_eps, sft_pad_to
@@ -90,12 +109,14 @@ class MaskedDiffusionAdapter(ChatPrompts):
                             completions_text=texts)
 
     def _canvas_loss_mask(self, completion: torch.Tensor) -> torch.Tensor | None:
-        """The loss mask over the whole canvas for an ELBO estimator with loss_scope 'canvas' (else None:
-        the completion mask)."""
-        elbo = ESTIMATORS.flag(self.estimator, "weighted")
-        return torch.ones_like(completion) if elbo and self.loss_scope == "canvas" else None
+        """The loss mask over the whole canvas for an ELBO or exact estimator with loss_scope 'canvas'
+        (else None: the completion mask, up to the first EOS)."""
+        whole = ESTIMATORS.flag(self.estimator, "weighted") or ESTIMATORS.flag(self.estimator, "exact")
+        return torch.ones_like(completion) if whole and self.loss_scope == "canvas" else None
 
     def check_rollout(self, rollout_cfg) -> None:
+        if ESTIMATORS.flag(self.estimator, "exact"):
+            check_left_to_right(self.estimator, rollout_cfg, self.block_length, self.steps, self.temperature)
         block_schedule(rollout_cfg.max_new_tokens, self.block_length, self.steps or rollout_cfg.max_new_tokens // 2)
 
     def encode(self, examples: list[dict], completions: list[str]) -> RolloutBatch:
@@ -116,7 +137,8 @@ class MaskedDiffusionAdapter(ChatPrompts):
             hi = lo + max(1, self.logprob_chunk_rows)
             outs.append(estimate(model, batch.prompt_ids[lo:hi], batch.prompt_mask[lo:hi], batch.completion_ids[lo:hi],
                                  torch.ones_like(batch.completion_mask[lo:hi]), seeds[lo:hi], iteration, self.estimator,
-                                 self.estimator_params, self.mask_token_id, self.shift_logits, with_entropy))
+                                 self.estimator_params, self.mask_token_id, self.shift_logits, with_entropy,
+                                 temperature=self.temperature))
         if with_entropy:
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         return torch.cat(outs)

@@ -15,6 +15,14 @@ scored on identical masks within an iteration (and micro-batching does not chang
 - `elbo_sdmc` (GDPO, Rojas et al., arXiv 2510.08554, sec. 3): the time integral by Gauss-Legendre
   quadrature on [0, 1] with `nodes` nodes, and at each node `masks_per_node` masks drawn from the
   forward process at t_n (`masking`, below), weight w_n / t_n.
+- `ar_exact` (JustGRPO, Ni et al., "The Flexibility Trap", arXiv 2601.15165; LeapLabTHU/JustGRPO
+  grpo.py `logprob_loss`): for rollouts in left-to-right order (one token per step: block_length 1,
+  steps = max_new_tokens), the exact log-likelihood log pi(y | q) = sum_t log p(y_t | q, y_<t, masks
+  after t). Pass t shows the prompt, y_<t and mask tokens from t on, and scores position t alone, at
+  the sampling temperature and without the mask token (which the sampler never draws): C forwards
+  for a C-token canvas, as the official code. No estimate, no weights: the per-token terms are the
+  behaviour policy's own log-probs, so per-token ratios, clipping and KL estimators apply as for a
+  causal LM.
 The ELBO estimators mask and score the completion positions marked valid (the adapter passes the
 whole canvas, EOS padding included); the prompt is never scored. Dream-style models, whose position
 i-1 predicts token i, need `shift_logits`.
@@ -30,7 +38,9 @@ from mmrl.registry import Registry
 
 # `weighted`: the per-token terms are ELBO terms (w / t) log p at masked positions (their sum estimates a
 # sequence log-likelihood); False: they are every completion token's own log-prob
-ESTIMATORS = Registry("likelihood estimator", flags={"weighted": True})
+# `exact`: the terms are the rollout policy's own per-token log-probs (they use its temperature and
+# exclude the mask token); a plan's weight may be a [C] tensor (0: position not scored in that pass)
+ESTIMATORS = Registry("likelihood estimator", flags={"weighted": True, "exact": False})
 
 
 def gauss_legendre(n: int) -> tuple[list[float], list[float]]:
@@ -109,6 +119,19 @@ def elbo_sdmc_plan(valid: torch.Tensor, prompt_valid: torch.Tensor, seed: int, i
     return plan
 
 
+@ESTIMATORS.register("ar_exact")
+def ar_exact_plan(valid: torch.Tensor, prompt_valid: torch.Tensor, seed: int, iteration: int):
+    """One pass per canvas position t: positions t.. masked, position t scored (weight 1 there, 0
+    elsewhere). Deterministic: the seed and iteration do not enter."""
+    width = len(valid)
+    positions = torch.arange(width)
+    no_prompt_mask = torch.zeros_like(prompt_valid)
+    return [((positions >= t) & valid, no_prompt_mask, (positions == t).float()) for t in range(width)]
+
+
+ESTIMATORS.mark(ar_exact_plan, weighted=False, exact=True)
+
+
 def all_masks(length: int) -> torch.Tensor:
     """[2^L, L] 0/1: mask number m has position i masked where bit i of m is set."""
     return (torch.arange(2 ** length)[:, None] >> torch.arange(length)[None]) & 1
@@ -174,10 +197,12 @@ def expected_estimate(sums: torch.Tensor, name: str, params: dict | None = None)
 
 
 def estimate(model, prompt_ids, prompt_mask, completion_ids, completion_mask, seeds, iteration: int, name: str,
-             params: dict, mask_token_id: int, shift_logits: bool = False, with_entropy: bool = False):
-    """Per-token terms [N, C] (and entropies [N, C]) of estimator `name` for the batch's completions."""
+             params: dict, mask_token_id: int, shift_logits: bool = False, with_entropy: bool = False,
+             temperature: float = 1.0):
+    """Per-token terms [N, C] (and entropies [N, C]) of estimator `name` for the batch's completions.
+    `temperature`: the rollout's, used by the `exact` estimators (the sampled distribution)."""
     plan_fn = ESTIMATORS.get(name)
-    weighted = ESTIMATORS.flag(name, "weighted")
+    weighted, exact = ESTIMATORS.flag(name, "weighted"), ESTIMATORS.flag(name, "exact")
     rows, width = completion_ids.shape
     valid = completion_mask.bool().cpu()
     prompt_valid = prompt_mask.bool().cpu()
@@ -190,19 +215,22 @@ def estimate(model, prompt_ids, prompt_mask, completion_ids, completion_mask, se
     for k in range(len(plans[0])):
         c_mask = torch.stack([p[k][0] for p in plans]).to(device)
         p_mask = torch.stack([p[k][1] for p in plans]).to(device)
-        weight = torch.tensor([p[k][2] for p in plans], device=device)
+        weight = torch.stack([torch.as_tensor(p[k][2], dtype=torch.float32).expand(width) for p in plans]).to(device)
         canvas = torch.cat([prompt_ids.masked_fill(p_mask, mask_token_id),
                             completion_ids.masked_fill(c_mask, mask_token_id)], dim=1)
         logits = model(input_ids=canvas, attention_mask=attention).logits
         if shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        logp_all = torch.log_softmax(logits[:, prompt_ids.shape[1]:].float(), dim=-1)
+        logits = logits[:, prompt_ids.shape[1]:].float()
+        if exact:  # what the sampler drew from: tempered, never the mask token
+            logits = (logits / temperature).index_fill(-1, torch.tensor([mask_token_id], device=device), float("-inf"))
+        logp_all = torch.log_softmax(logits, dim=-1)
         logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-        scored = c_mask if weighted else torch.ones_like(c_mask)
-        terms = terms + torch.where(scored, logp * weight[:, None], torch.zeros_like(logp))
+        scored = (c_mask if weighted else torch.ones_like(c_mask)) & (weight != 0)
+        terms = terms + torch.where(scored, logp * weight, torch.zeros_like(logp))
         if with_entropy:
             new = scored & ~seen
-            ent = -(logp_all.exp() * logp_all).sum(-1).detach()
+            ent = -(logp_all.exp() * logp_all.clamp(min=torch.finfo(logp_all.dtype).min)).sum(-1).detach()
             entropy = torch.where(new, ent, entropy)
             seen = seen | new
     return (terms, entropy) if with_entropy else terms

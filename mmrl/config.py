@@ -77,10 +77,10 @@ class DiffusionConfig:
     block_length: int = 32  # semi-autoregressive blocks; rollout.max_new_tokens must be a multiple
     steps: int | None = None  # denoising steps over the whole completion (None: max_new_tokens / 2)
     confidence: str = "sampled"  # what ranks positions for commit: the sampled token's tempered probability (sampled) or its untempered one (model: LLaDA's low_confidence)
-    estimator: str = "one_step"  # one_step (d1) | elbo_mc | elbo_sdmc (GDPO)
+    estimator: str = "one_step"  # one_step (d1) | elbo_mc | elbo_sdmc (GDPO) | ar_exact (JustGRPO: left-to-right rollouts, exact log-probs)
     estimator_params: dict = field(default_factory=dict)  # one_step: p_mask_prompt; elbo_mc: passes, eps; elbo_sdmc: nodes, masks_per_node
     shift_logits: bool = False  # Dream-style models: position i-1 predicts token i
-    loss_scope: str = "answer"  # ELBO estimators (masks drawn over the whole canvas): the loss counts the 'answer' (up to the first EOS, as d1) or the whole 'canvas' (EOS padding too)
+    loss_scope: str = "answer"  # ELBO and exact (ar_exact) estimators score the whole canvas: the loss counts the 'answer' (up to the first EOS, as d1) or the whole 'canvas' (EOS padding too)
 
 
 @dataclass

@@ -9,16 +9,16 @@ from mmrl.models.tiny import build_tokenizer
 
 
 class Sharpened(torch.nn.Module):
-    """The tiny model's logits x 8: peaked, unequal distributions, where tempered and untempered
+    """The tiny model's logits x `factor`: peaked, unequal distributions, where tempered and untempered
     confidences rank positions differently (the random model's near-uniform logits rank alike)."""
 
-    def __init__(self, model):
+    def __init__(self, model, factor: float = 8.0):
         super().__init__()
-        self.model = model
+        self.model, self.factor = model, factor
 
     def forward(self, input_ids=None, attention_mask=None):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        out.logits = out.logits * 8
+        out.logits = out.logits * self.factor
         return out
 
 
