@@ -560,6 +560,9 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         ref_model = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
     elif with_reference and cfg.sft.steps > 0:
         sharding.copy_parameters(model, ref_model)
+    # training mode: from_pretrained returns a model in eval mode, where gradient checkpointing (and any
+    # dropout) would do nothing; the adapters switch to eval mode for generation and back
+    model.train()
     state = AlgorithmState(cfg, len(examples))
     state.methods = methods = build_methods(Loop(cfg, accelerator, adapter, model, examples, state))
     counted_keys = tuple(k for m in methods for k in m.counted)

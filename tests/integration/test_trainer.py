@@ -87,3 +87,26 @@ def test_processes_that_disagree_on_world_size_refuse_to_start(tmp_path, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=true"):
         run_text(tmp_path, "trainer.max_steps=1")
+
+
+def test_a_model_loaded_from_a_directory_trains_with_its_gradient_checkpointing(tmp_path, monkeypatch):
+    """from_pretrained returns a model in eval mode, where transformers' gradient checkpointing is off (its
+    layers checkpoint only when `self.training`): the update must run in training mode."""
+    from mmrl.core import trainer
+    from mmrl.models.tiny import save_tiny
+
+    ckpt = save_tiny(tmp_path / "ckpt")
+    calls, original = [], trainer.policy_update
+
+    def counted(cfg, accelerator, adapter, model, *args, **kwargs):
+        layer = accelerator.unwrap_model(model).model.layers[0]
+        handle = layer.register_forward_hook(lambda *a: calls.append(layer.training and layer.gradient_checkpointing))
+        try:
+            return original(cfg, accelerator, adapter, model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(trainer, "policy_update", counted)
+    run_text(tmp_path / "run", f"model.name_or_path={ckpt}", "model.gradient_checkpointing=true", "sft.steps=0",
+             "trainer.max_steps=1", "trainer.gradient_accumulation_steps=2", "trainer.prefix_sharing=false")
+    assert calls == [True, True]  # 2 micro-batches, each through checkpointed layers
