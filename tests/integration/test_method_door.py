@@ -155,3 +155,11 @@ def test_methods_named_by_import_path_run_once_each(tmp_path, monkeypatch):
     # the decorated class runs under its registered name, the plain one under its path; each once a step
     assert door_test_module.RAN == ["door_test_decorated", "door_test_module:Plain"] * 2
     assert [r["plain/param"] for r in log.history] == [3.0, 3.0]
+
+
+def test_a_method_cannot_take_a_name_the_checkpointed_state_uses():
+    with pytest.raises(ValueError, match="'advantage' is taken by the algorithm state"):
+        @METHODS.register("advantage")
+        class Shadow(Method):
+            pass
+    assert "advantage" not in METHODS

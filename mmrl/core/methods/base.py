@@ -34,6 +34,9 @@ from accelerate.utils import gather_object
 from mmrl.registry import Registry
 
 
+RESERVED = ("sampler", "advantage")  # keys of the checkpointed algorithm state besides the methods' names
+
+
 class MethodRegistry(Registry):
     """Method classes by name; `register` also sets the class's `name`."""
 
@@ -41,6 +44,8 @@ class MethodRegistry(Registry):
         def wrap(cls):
             if not (isinstance(cls, type) and issubclass(cls, Method)):
                 raise TypeError(f"training method '{name}' must be a subclass of mmrl.core.methods.Method")
+            if name in RESERVED:
+                raise ValueError(f"training method name '{name}' is taken by the algorithm state's own entries")
             cls.name = name
             return super(MethodRegistry, self).register(name)(cls)
         return wrap
