@@ -1,4 +1,5 @@
 """Video LLMs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL on video prompts): frames, adapter, data, synthetic tasks."""
+from mmrl.vlm.data import image_examples  # noqa: F401  (benchmark rows with images, as the vision-language family reads them)
 from video.adapter import VideoAdapter  # noqa: F401
 
 
@@ -19,10 +20,3 @@ def training_examples(cfg, adapter):
     check = adapter.frames.get if cfg.data.video_check == "decode" else adapter.check_open
     examples, skipped = load_video_examples(cfg.data, check, cfg.output_dir)
     return examples, {"data/skipped": skipped}
-
-
-def image_examples(rows: list[dict], data_cfg, base):
-    """Benchmark rows with images as prompts (scripts/eval.py), as the vision-language family reads them."""
-    from mmrl.vlm import image_examples as load
-
-    return load(rows, data_cfg, base)

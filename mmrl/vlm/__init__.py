@@ -1,5 +1,6 @@
 """Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): adapter, image data, tiny test models."""
 from mmrl.vlm.adapter import VLMAdapter  # noqa: F401
+from mmrl.vlm.data import image_examples  # noqa: F401  (benchmark rows with images -> (prompts, skipped): scripts/eval.py)
 
 
 def load_vlm(model_cfg, seed: int = 0):
@@ -70,10 +71,3 @@ def training_examples(cfg, adapter=None):
 
     examples, skipped = load_image_examples(cfg.data)
     return examples, {"data/skipped": skipped}
-
-
-def image_examples(rows: list[dict], data_cfg, base):
-    """Benchmark rows with images as prompts (scripts/eval.py): (prompts, rows skipped)."""
-    from mmrl.vlm.data import image_examples as load
-
-    return load(rows, data_cfg, base)

@@ -20,6 +20,7 @@ import torch
 from mmrl.core.adapter import (LogProbsFromLogits, group_sizes, sampled_completions, sampling_kwargs,
                                shared_prompt_cache, tokenized_completions)
 from mmrl.core.batch import RolloutBatch, group_starts
+from mmrl.vlm.data import image_examples
 from mmrl.core.prefix import (first_kept, model_attention_mask, pack_groups, shares_prefixes, unpack_logits,
                               worth_packing)
 
@@ -282,11 +283,7 @@ class VLMAdapter(LogProbsFromLogits):
                        logits_to_keep=packed.length - offset, use_cache=False).logits
         return unpack_logits(logits, packed, offset)
 
-    @staticmethod
-    def image_examples(rows: list[dict], data_cfg, base):
-        """(prompts, rows skipped) of jsonl rows with images (an evaluation benchmark's): mmrl.vlm.data's."""
-        from mmrl.vlm.data import image_examples
-        return image_examples(rows, data_cfg, base)
+    image_examples = staticmethod(image_examples)  # an evaluation benchmark's rows with images -> (prompts, skipped)
 
     def save_pretrained(self, directory) -> None:
         self.processor.save_pretrained(directory)

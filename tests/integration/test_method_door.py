@@ -26,7 +26,7 @@ class FirstVisits(Method):
 
     @classmethod
     def check(cls, cfg) -> None:
-        if cls.name in cfg.methods and cfg.methods[cls.name].get("max_visits", 1) < 1:
+        if (cls.settings(cfg) or {}).get("max_visits", 1) < 1:
             raise ValueError("methods.test_first_visits.max_visits must be >= 1")
 
     def after_rollout(self, batch, step: int):
@@ -163,3 +163,27 @@ def test_a_method_cannot_take_a_name_the_checkpointed_state_uses():
         class Shadow(Method):
             pass
     assert "advantage" not in METHODS
+
+
+def test_a_refused_duplicate_leaves_the_class_name_alone():
+    class Again(Method):
+        pass
+    with pytest.raises(ValueError, match="registered twice"):
+        METHODS.register("test_hook_order")(Again)
+    assert Again.name == "" and METHODS["test_hook_order"] is HookOrder
+
+
+def test_checking_the_methods_leaves_the_config_as_written(tmp_path, monkeypatch):
+    from mmrl.config import load_config
+    from mmrl.core.methods import check_methods
+
+    (tmp_path / "door_check_module.py").write_text(
+        "from mmrl.core.methods import METHODS, Method\n\n\n"
+        "@METHODS.register('door_check_named')\nclass Named(Method):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(None, ["methods={door_check_module:Named: {k: 1}}"])
+    check_methods(cfg)
+    import door_check_module
+
+    assert list(cfg.methods) == ["door_check_module:Named"]
+    assert door_check_module.Named.settings(cfg) == {"k": 1}

@@ -17,7 +17,7 @@ ranks, the others averaged.
 
 Configuration: `check(cfg)` (a classmethod) validates the method's settings in every run, active or
 not, before anything is built. A method new to mmrl needs no schema change: `methods: {name: {...}}`
-in a recipe turns it on (the default `active`) and its parameters are `loop.cfg.methods[name]`. The
+in a recipe turns it on (the default `active`) and its parameters are `settings(cfg)`. The
 methods that predate the door keep their own config sections (augmentation, inpainting, ...) and say
 in `active` which settings turn them on.
 
@@ -46,9 +46,21 @@ class MethodRegistry(Registry):
                 raise TypeError(f"training method '{name}' must be a subclass of mmrl.core.methods.Method")
             if name in RESERVED:
                 raise ValueError(f"training method name '{name}' is taken by the algorithm state's own entries")
+            super(MethodRegistry, self).register(name)(cls)  # refuses a duplicate before the class is renamed
             cls.name = name
-            return super(MethodRegistry, self).register(name)(cls)
+            return cls
         return wrap
+
+    def resolve(self, key: str) -> type:
+        """The class a `methods` key names: a registered name, or 'package.module:Class' imported (and
+        registered under that path unless its module registered it on import)."""
+        if key in self:
+            return self[key]
+        cls = self.get(key)  # imports 'package.module:Class' (an unknown plain name raises, listing the valid)
+        own_name = getattr(cls, "name", None)
+        if not (own_name in self and self[own_name] is cls):
+            self.register(key)(cls)
+        return cls
 
 
 METHODS = MethodRegistry("training method")
@@ -83,9 +95,17 @@ class Method:
         """Raise a ValueError naming the config key and the fix for settings this method cannot run."""
 
     @classmethod
+    def settings(cls, cfg) -> dict | None:
+        """This method's entry under `methods` (by its registered name or its import path), or None."""
+        for key, params in cfg.methods.items():
+            if METHODS.resolve(key) is cls:
+                return dict(params or {})
+        return None
+
+    @classmethod
     def active(cls, loop: Loop) -> bool:
         """Whether this run uses the method (default: named under `methods` in the config)."""
-        return cls.name in loop.cfg.methods
+        return cls.settings(loop.cfg) is not None
 
     @classmethod
     def label(cls, cfg) -> str | None:
@@ -95,7 +115,7 @@ class Method:
     @property
     def params(self) -> dict:
         """This method's parameters from `methods.<name>` (empty for the methods with their own section)."""
-        return dict(self.loop.cfg.methods.get(self.name) or {})
+        return type(self).settings(self.loop.cfg) or {}
 
     def before_rollout(self, step: int) -> dict:
         """Before the step's prompts are drawn (e.g. re-score every prompt); returns metrics."""
@@ -139,18 +159,11 @@ def merge_across_ranks(accelerator, local: dict) -> dict:
 
 
 def check_methods(cfg) -> None:
-    """Every name under `methods` known, then every registered method's config check. A
-    'package.module:Class' name is imported: a class that registered itself on import is then named by its
-    registered name in `cfg.methods`; any other is registered under the path."""
-    for name in list(cfg.methods):
-        if name in METHODS:
-            continue
-        cls = METHODS.get(name)  # imports 'package.module:Class' (an unknown plain name raises, listing the valid)
-        own_name = getattr(cls, "name", None)
-        if not (own_name in METHODS and METHODS[own_name] is cls):  # not registered by its module on import
-            METHODS.register(name)(cls)
-        cfg.methods[cls.name] = cfg.methods.pop(name)
-    for cls in METHODS.values():
+    """Every name under `methods` known (a 'package.module:Class' name imported), then every registered
+    method's config check. The config is not changed."""
+    for key in cfg.methods:
+        METHODS.resolve(key)
+    for cls in list(METHODS.values()):
         cls.check(cfg)
 
 

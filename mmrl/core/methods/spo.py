@@ -9,9 +9,12 @@ tracker (with the stored completions) is the estimator's state, checkpointed wit
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from mmrl.core.adapter import iteration_kwargs
+from mmrl.core.advantages import single_stream_advantages
 from mmrl.core.batch import RolloutBatch, group_starts, pad_sequences
 from mmrl.core.methods.base import METHODS, Method, merge_across_ranks
 from mmrl.core.policy import unwrapped_for_generation
@@ -79,7 +82,8 @@ class SPOAdaptiveForgetting(Method):
     @classmethod
     def active(cls, loop) -> bool:
         a = loop.cfg.algorithm
-        return a.advantage == "spo" and a.advantage_params.get("rho", "adaptive") == "adaptive"
+        default = inspect.signature(single_stream_advantages).parameters["rho"].default
+        return a.advantage == "spo" and a.advantage_params.get("rho", default) == "adaptive"
 
     def _scoring(self) -> dict:
         cfg = self.loop.cfg
