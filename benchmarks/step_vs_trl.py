@@ -146,7 +146,7 @@ def run_mmrl(shape: str, case: str, steps: int, checkpointing: bool) -> dict:
         model, adapter = family.build(cfg)
         log = train(cfg, adapter, model, examples(adapter.tokenizer, shape, case, PROMPTS * (steps + 1)))
     rows = log.history[1:]
-    return {"times": [r["step_time_s"] for r in rows], "generation": [r["time/rollout_s"] for r in rows],
+    return {"times": [r["time/step_s"] for r in rows], "generation": [r["time/rollout_s"] for r in rows],
             "update": [r["time/update_s"] for r in rows]}
 
 

@@ -49,7 +49,7 @@ def run(name: str, out: Path) -> str:
     for key in [accuracy, *own]:
         a, b = first_last_fraction([r[key] for r in log.history])
         cells.append(f"{key}: {a:.3f} -> {b:.3f}")
-    step = statistics.median(r["step_time_s"] for r in log.history)
+    step = statistics.median(r["time/step_s"] for r in log.history)
     return f"| {name} | {len(log.history)} | {'<br>'.join(cells)} | {step:.3f} | {seconds:.0f} |"
 
 

@@ -2,6 +2,9 @@
 semi-autoregressive rollouts, likelihood estimators (d1's one-step, ELBO by double Monte Carlo,
 GDPO's semi-deterministic ELBO), the GDPO sequence loss and IGPO's inpainting."""
 from dllm import igpo  # noqa: F401  (registers IGPO's inpainting as a training method)
+from dllm.config import DiffusionConfig, InpaintingConfig
+
+config_sections = {"model.diffusion": DiffusionConfig, "inpainting": InpaintingConfig}  # mmrl.modalities
 
 
 def check_kl(cfg) -> None:

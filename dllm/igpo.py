@@ -179,11 +179,13 @@ class InpaintingGuidedRollouts(Method):
 
     @classmethod
     def active(cls, loop) -> bool:
-        return loop.cfg.inpainting.enabled
+        return cls.label(loop.cfg) is not None
 
     @classmethod
     def label(cls, cfg) -> str | None:
-        return "igpo" if cfg.inpainting.enabled else None
+        """'igpo' in a masked diffusion LM run (the family whose config has `inpainting`) that enables it."""
+        section = getattr(cfg, "inpainting", None)
+        return "igpo" if section is not None and section.enabled else None
 
     def after_rollout(self, batch, step: int):
         loop = self.loop

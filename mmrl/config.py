@@ -2,6 +2,10 @@
 
 Unknown keys and wrong types are errors that name the key:
     load_config("configs/tiny_text_grpo.yaml", ["trainer.max_steps=20", "output_dir=/tmp/run"])
+
+The sections here are those every run has. A model family adds its own (its `config_sections`, e.g.
+dllm's `model.diffusion` and `inpainting`; mmrl.modalities): a run's schema is `Config` with the
+sections of the family its `model.modality` names, so a section of another family is refused by name.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import yaml
 
 
 class ConfigError(ValueError):
-    pass
+    key: str | None = None  # the unknown key, when that is the error
 
 
 # ------------------------------------------------------------------ schema
@@ -45,61 +49,6 @@ class LoraConfig:
 
 
 @dataclass
-class VisionConfig:
-    """Image inputs of vision-language models (model.modality: vlm)."""
-    min_pixels: int = 3136  # each image is resized (aspect kept) to between min_pixels and max_pixels
-    max_pixels: int = 501_760
-    freeze_tower: bool = False  # keep the vision encoder's weights fixed
-    share_features: bool = True  # scoring: encode each prompt's images once per group, not per completion
-
-
-@dataclass
-class VideoConfig:
-    """Video inputs (model.modality: video): frames decoded with decord, sampled and sized by the rules
-    of qwen-vl-utils 0.0.14 (see video/frames.py). Its defaults, except max_frames (768 there) and
-    total_pixels (there 0.9 x the model's sequence length in patches: 90.3M pixels at 128k tokens)."""
-    fps: float | None = 2.0  # frames sampled per second of video (ignored when nframes is set)
-    nframes: int | None = None  # a fixed number of frames instead (rounded to an even number)
-    min_frames: int = 4  # bounds on the number of frames sampled at `fps`
-    max_frames: int = 16
-    min_pixels: int = 100_352  # per frame (128 * 28 * 28)
-    max_pixels: int = 602_112  # per frame (768 * 28 * 28); a hard cap, also on the 1.05 x min_pixels floor
-    total_pixels: int = 90_316_800  # all frames together: lowers the per-frame cap of long videos
-    resized_height: int | None = None  # a fixed frame size instead of the pixel bounds (both set; rounded to
-    resized_width: int | None = None  # multiples of 28, or 32 for Qwen3-VL), e.g. DeepVideo-R1's 252 x 252
-    cache_videos: int = 64  # decoded, resized videos kept in memory (least recently used dropped)
-
-
-@dataclass
-class DiffusionConfig:
-    """Masked diffusion LMs (model.modality: dllm): sampling and the likelihood estimator (dllm/)."""
-    mask_token_id: int | None = None  # None: the model config's, else the tokenizer's (LLaDA-8B 126336, Dream 151666)
-    block_length: int = 32  # semi-autoregressive blocks; rollout.max_new_tokens must be a multiple
-    steps: int | None = None  # denoising steps over the whole completion (None: max_new_tokens / 2)
-    confidence: str = "sampled"  # what ranks positions for commit: the sampled token's tempered probability (sampled) or its untempered one (model: LLaDA's low_confidence)
-    estimator: str = "one_step"  # one_step (d1) | elbo_mc | elbo_sdmc (GDPO) | ar_exact (JustGRPO: left-to-right rollouts, exact log-probs)
-    estimator_params: dict = field(default_factory=dict)  # one_step: p_mask_prompt; elbo_mc: passes, eps; elbo_sdmc: nodes, masks_per_node
-    shift_logits: bool = False  # Dream-style models: position i-1 predicts token i
-    loss_scope: str = "answer"  # ELBO and exact (ar_exact) estimators score the whole canvas: the loss counts the 'answer' (up to the first EOS, as d1) or the whole 'canvas' (EOS padding too)
-
-
-@dataclass
-class ScheduleConfig:
-    """Masked image generators (model.modality: mdm, Co-GRPO): the sampler and its schedule policy
-    (dllm/image/schedule.py). `init` gives the schedule at the policy's initial mean; the defaults are
-    aMUSEd's cosine schedule, untempered sampling and re-mask temperature linspace(2, 0)."""
-    steps: int = 12  # sampler steps K per image
-    image_size: int | None = None  # pixels per side (None: the VQ model's sample_size)
-    guidance: bool = False  # classifier-free guidance (doubles every forward); its scale is then a schedule knob
-    init: dict = field(default_factory=lambda: {"gamma": 1.0, "sample_temperature": 1.0, "remask_temperature": 2.0,
-                                                "guidance_scale": 4.0})
-    init_std: float = 0.2  # initial std of each knob's Gaussian (in log space)
-    lr: float | None = None  # the schedule policy's learning rate (None: optim.lr)
-    alternate_every: int = 1  # Co-GRPO's alternation: train the tokens for this many steps, then the schedule, ...
-    train: str = "alternate"  # alternate | tokens | schedule: which policy the updates train
-
-
-@dataclass
 class ModelConfig:
     modality: str = "text"  # text | vlm | video | dllm | mdm, or your model family's import path (mmrl/modalities.py)
     name_or_path: str = "tiny"  # a local checkpoint directory, or 'tiny' for a random model built from `tiny`
@@ -109,10 +58,6 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    video: VideoConfig = field(default_factory=VideoConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 @dataclass
@@ -203,26 +148,6 @@ class AugmentationConfig:
     hint_template: str = "Hint: {hint}"  # appended to the question of a hard prompt
     noise_scale: float = 0.3  # frame noise std (fraction of the pixel range) = min(noise_max, noise_scale * |difficulty|)
     noise_max: float = 0.3
-
-
-@dataclass
-class InpaintingConfig:
-    """IGPO (arXiv 2509.10396; dllm/igpo.py): groups whose completions are all wrong are re-generated
-    with chunks of the reference reasoning (data.solution_field) fixed in the canvas, and correct
-    inpainted samples replace up to `max_replace_fraction` of the group. Defaults: the official code."""
-    enabled: bool = False
-    eta_low: float = 0.2  # revealed fraction of the chunks ~ U[eta_low, eta_high], sorted within the group
-    eta_high: float = 0.6
-    min_chunk: int = 5  # chunk sizes ~ U{min_chunk..max_chunk} tokens
-    max_chunk: int = 10
-    free_tail: int = 30  # the last canvas positions never hold a hint
-    max_spacing: int = 100  # largest gap between placed chunks
-    max_replace_fraction: float = 0.5  # lambda: at most this share of the group is replaced
-    entropy_fraction: float = 0.2  # tau: hint tokens that train = the top max(1, floor(tau n)) by entropy
-    reveal_last_chunk: bool = False  # the official code always reveals the last chunk (which may hold the answer); the paper hides the answer
-    correct_threshold: float = 1.0  # a sample is correct when the success reward (rewards[i].success, default the first) is >= this
-    loss_scope: str = "answer"  # answer: loss and GSPO ratio over the tokens up to the first EOS; canvas: the official code's (every canvas position), see dllm/igpo.py
-    reference_prefix: str = ""  # prepended to the reference solution before chunking (official: "<reasoning>\n")
 
 
 @dataclass
@@ -326,7 +251,6 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
     methods: dict = field(default_factory=dict)  # more training methods by name -> their parameters (mmrl.core.methods: a registered name or 'package.module:Class')
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -395,7 +319,9 @@ def build(cls, data: dict, prefix: str = ""):
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             where = f"'{prefix}'" if prefix else "the top level"
-            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys in {where}: {names}")
+            err = ConfigError(f"unknown config key '{full}'{hint}; valid keys in {where}: {names}")
+            err.key = full
+            raise err
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
@@ -423,6 +349,55 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+_SCHEMAS: dict = {}
+
+
+def with_sections(cls, sections: dict[str, type]) -> type:
+    """`cls` extended with config sections ({dotted key: dataclass}, e.g. {"model.diffusion":
+    DiffusionConfig}): a subclass whose new fields (nested ones in subclasses of their parents)
+    default to each section's defaults. The same arguments give the same class."""
+    if not sections:
+        return cls
+    cache_key = (cls, tuple(sorted(sections.items(), key=lambda kv: kv[0])))
+    if cache_key in _SCHEMAS:
+        return _SCHEMAS[cache_key]
+    hints = typing.get_type_hints(cls)
+    nested: dict[str, dict] = {}
+    fields = []
+    for key, section in sections.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = section
+        else:
+            fields.append((head, section, field(default_factory=section)))
+    for head, inner in nested.items():
+        if head not in hints or not dataclasses.is_dataclass(hints[head]):
+            raise ValueError(f"config section '{head}.{next(iter(inner))}': '{head}' is not a section of {cls.__name__}")
+        sub = with_sections(hints[head], inner)
+        fields.append((head, sub, field(default_factory=sub)))
+    schema = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+    schema.__module__, schema.__doc__ = cls.__module__, cls.__doc__
+    _SCHEMAS[cache_key] = schema
+    return schema
+
+
+def schema_for(modality: str, cls=Config) -> type:
+    """The config schema of a run of model family `modality`: `cls` with that family's sections."""
+    from mmrl.modalities import config_sections
+
+    return with_sections(cls, config_sections(modality))
+
+
+def _section_owner(key: str, modality: str) -> str | None:
+    """The built-in model family that owns config section `key` (other than `modality`), if any."""
+    from mmrl.modalities import BUILT_IN, config_sections
+
+    for name in BUILT_IN:
+        if name != modality and any(key == s or key.startswith(s + ".") for s in config_sections(name)):
+            return name
+    return None
+
+
 def load_config(path: str | Path | list | None = None, overrides: list[str] = (), cls=Config):
     """Load `path` (a yaml file, or several merged in order: a base recipe, then method overlays
     such as configs/methods/gdpo.yaml) into `cls`, then apply `key=value` overrides (values parsed
@@ -439,7 +414,23 @@ def load_config(path: str | Path | list | None = None, overrides: list[str] = ()
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.max_steps=20)")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), _parse_value(raw))
-    return build(cls, tree)
+    modality = (tree.get("model") or {}).get("modality", "text")
+    if not isinstance(modality, str):
+        raise ConfigError(f"config key 'model.modality': expected str, got {modality!r}")
+    try:
+        schema = schema_for(modality, cls)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        return build(schema, tree)
+    except ConfigError as err:
+        key = getattr(err, "key", None)
+        owner = key and _section_owner(key, modality)
+        if owner:
+            raise ConfigError(f"config key '{key}' belongs to the {owner} model family (model.modality: {owner}); "
+                              f"this config has model.modality: {modality}: remove the key or change "
+                              "the modality") from None
+        raise
 
 
 def config_from_cli(argv, description: str, modality: str | None = None, cls=Config):
@@ -462,13 +453,6 @@ def config_from_cli(argv, description: str, modality: str | None = None, cls=Con
         raise SystemExit(f"model.modality={cfg.model.modality!r}: this script trains model.modality: {modality}; "
                          "use the script of that modality")
     return cfg
-
-
-def check_modality_sections(cfg) -> None:
-    """A section that only one model family reads, turned on for another, is refused (it would be
-    ignored silently)."""
-    if cfg.inpainting.enabled and cfg.model.modality != "dllm":
-        raise ConfigError("inpainting.enabled (IGPO) needs a masked diffusion model: model.modality: dllm")
 
 
 class _FirstOfEach:

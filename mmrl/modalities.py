@@ -5,8 +5,12 @@
     training_examples(cfg, adapter) -> (examples, data_stats)   the prompt rows of cfg.data, and
                                                              statistics logged with every step (or {})
 
-and optionally `image_examples(rows, data_cfg, base) -> (prompts, skipped)` (benchmark rows with images,
-scripts/eval.py) and `evaluates_text = False` (a family whose outputs are not graded text answers).
+and optionally `config_sections = {dotted key: dataclass}` (its own config sections, e.g. dllm's
+{"model.diffusion": DiffusionConfig, "inpainting": InpaintingConfig}: a run of the family has them,
+any other run refuses them), `shape_keys` (config keys that change what a checkpoint's weights mean:
+resuming with them changed is refused), `image_examples(rows, data_cfg, base) -> (prompts, skipped)`
+(benchmark rows with images, scripts/eval.py) and `evaluates_text = False` (a family whose outputs are
+not graded text answers).
 The built-in families have short names; any other is named by its import path
 (`model.modality: mypkg.myfamily`), so a new family is its package, its script and its recipe.
 """
@@ -34,3 +38,13 @@ def family(name: str):
                          "build(cfg, training) -> (model, adapter) and training_examples(cfg, adapter) -> "
                          "(examples, data_stats)")
     return module
+
+
+def config_sections(name: str) -> dict[str, type]:
+    """The config sections model family `name` adds to a run's config ({} for none)."""
+    return dict(getattr(family(name), "config_sections", {}))
+
+
+def shape_keys(name: str) -> tuple[str, ...]:
+    """Config keys of model family `name` whose change makes its checkpoints unusable (resume refuses)."""
+    return tuple(getattr(family(name), "shape_keys", ()))

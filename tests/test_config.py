@@ -1,6 +1,6 @@
 import pytest
 
-from mmrl.config import Config, ConfigError, load_config
+from mmrl.config import Config, ConfigError, load_config, to_dict
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -42,3 +42,33 @@ def test_shipped_configs_load():
     from pathlib import Path
     for path in sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_a_model_familys_sections_belong_to_its_runs_only():
+    from dllm.config import DiffusionConfig
+
+    cfg = load_config(None, ["model.modality=dllm", "model.diffusion.block_length=8"])
+    assert cfg.model.diffusion == DiffusionConfig(block_length=8) and not cfg.inpainting.enabled
+    assert "diffusion" in to_dict(cfg)["model"] and "vision" not in to_dict(cfg)["model"]
+    assert not hasattr(load_config(None, []).model, "diffusion")
+    with pytest.raises(ConfigError, match=r"config key 'inpainting' belongs to the dllm model family "
+                                          r"\(model.modality: dllm\); this config has model.modality: text"):
+        load_config(None, ["inpainting.enabled=true"])
+    with pytest.raises(ConfigError, match=r"'model.video' belongs to the video model family .* model.modality: vlm"):
+        load_config(None, ["model.modality=vlm", "model.video.fps=1.0"])
+    video = load_config(None, ["model.modality=video", "model.vision.max_pixels=3136", "model.video.nframes=4"])
+    assert (video.model.vision.max_pixels, video.model.video.nframes) == (3136, 4)  # the VLM's section and its own
+
+
+def test_a_resume_refuses_a_change_of_a_familys_shape_keys(tmp_path):
+    import yaml
+
+    from mmrl.core.checkpoint import check_resumed_config
+    from mmrl.modalities import shape_keys
+
+    saved = to_dict(load_config(None, ["model.modality=mdm"]))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    now = to_dict(load_config(None, ["model.modality=mdm", "model.schedule.steps=6"]))
+    assert check_resumed_config(tmp_path, now) == ["model.schedule.steps"]  # without the family's keys: a warning
+    with pytest.raises(ValueError, match=r"another shape .*model.schedule.steps: 12 -> 6"):
+        check_resumed_config(tmp_path, now, shape_keys("mdm"))

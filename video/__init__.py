@@ -1,6 +1,10 @@
 """Video LLMs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL on video prompts): frames, adapter, data, synthetic tasks."""
 from mmrl.vlm.data import image_examples  # noqa: F401  (benchmark rows with images, as the vision-language family reads them)
+from mmrl.vlm import config_sections as vision_sections
 from video.adapter import VideoAdapter  # noqa: F401
+from video.config import VideoConfig
+
+config_sections = {**vision_sections, "model.video": VideoConfig}  # mmrl.modalities: the VLM's, then video's own
 
 
 def build(cfg, training: bool = True):

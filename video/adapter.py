@@ -10,7 +10,7 @@ difficulty-aware augmentation): Gaussian noise on every frame of its videos.
 from __future__ import annotations
 
 from mmrl.vlm.adapter import VLMAdapter
-from mmrl.config import VideoConfig
+from video.config import VideoConfig
 from video.frames import FrameCache, check_sampling, check_video
 
 

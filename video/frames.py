@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmrl.config import VideoConfig
+from video.config import VideoConfig
 
 
 class VideoError(ValueError):

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import torch
 
+from dllm.image.config import ScheduleConfig
 from mmrl.core.methods import METHODS, Method
 from mmrl.core.policy import unwrapped_for_generation
 
 PHASES = ("tokens", "schedule")
+config_sections = {"model.schedule": ScheduleConfig}  # mmrl.modalities
+shape_keys = ("model.schedule.steps",)  # the schedule policy's shape: resuming with another is refused
 
 
 def build(cfg, training: bool = True):

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mmrl.core.advantages import combine_rewards
+
 
 def group_starts(group_ids: torch.Tensor) -> torch.Tensor:
     """Indices of the first row of each run of equal consecutive group ids."""
@@ -65,7 +67,8 @@ class RolloutBatch:
     completion_ids / completion_mask: [N, C]  right padded; mask 1 up to and including EOS
     group_ids:                        [N]     int, equal within a prompt group
     example_index:                    [N]     the dataset index of the row's prompt (set by the trainer)
-    rewards:                          [N, K]  one column per reward function, named by reward_names
+    rewards:                          [N, K]  one column per reward function, named by reward_names, weighted
+                                              by reward_weights (empty: all 1) in `total_reward()`
     reward_failed:                    [N]     bool: a reward with on_error: drop failed on the row
     old_logp / ref_logp:              [N, C]  behaviour-policy and reference log-probs (or None)
     old_logp_by_iteration / ref_logp_by_iteration: [N, mu, C] the same per inner iteration, for adapters
@@ -88,6 +91,7 @@ class RolloutBatch:
     example_index: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     reward_names: list[str] = field(default_factory=list)
+    reward_weights: list[float] = field(default_factory=list)
     reward_failed: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
@@ -107,6 +111,10 @@ class RolloutBatch:
     @property
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
+
+    def total_reward(self) -> torch.Tensor:
+        """[N] the combined reward: the reward columns weighted by `reward_weights`."""
+        return combine_rewards(self.rewards, self.reward_weights or None)
 
     def completion_token_lists(self) -> list[list[int]]:
         """Each row's completion token ids without padding."""

@@ -117,8 +117,8 @@ def full_state_dict(model) -> dict:
 FREE_KEYS = ("resume_from", "overwrite_output_dir", "output_dir", "trainer.max_steps", "trainer.save_every",
              "trainer.save_total_limit", "trainer.save_hf_model", "trainer.save_merged_model", "trainer.log_every",
              "trainer.log_with", "trainer.run_name", "trainer.max_nonfinite_steps", "eval.")
-SHAPE_KEYS = ("model.modality", "model.tiny.", "model.lora.enabled", "model.lora.r", "model.lora.target_modules",
-              "model.schedule.steps")
+SHAPE_KEYS = ("model.modality", "model.tiny.", "model.lora.enabled", "model.lora.r", "model.lora.target_modules")
+# (a model family adds its own: `shape_keys` of its module, mmrl.modalities)
 
 
 def flatten(tree, prefix: str = "") -> dict:
@@ -133,17 +133,19 @@ def flatten(tree, prefix: str = "") -> dict:
     return out
 
 
-def check_resumed_config(path: Path, config_dict: dict) -> list[str]:
+def check_resumed_config(path: Path, config_dict: dict, family_shape_keys: tuple[str, ...] = ()) -> list[str]:
     """Compare the config a checkpoint was written with (its config.yaml) with the resuming run's:
-    refuse a change of the model's shape; warn of any other change (model, algorithm, data, rewards,
-    ...) with the keys and both values. Returns the changed keys."""
+    refuse a change of the model's shape (SHAPE_KEYS and the model family's `family_shape_keys`); warn
+    of any other change (model, algorithm, data, rewards, ...) with the keys and both values. Returns
+    the changed keys."""
     saved_file = path / "config.yaml"
     if not saved_file.exists():
         return []
     saved, now = flatten(yaml.safe_load(saved_file.read_text()) or {}), flatten(config_dict)
     changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
                and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in FREE_KEYS)]
-    shape = [k for k in changed if any(k == f or (f.endswith(".") and k.startswith(f)) for f in SHAPE_KEYS)]
+    shape = [k for k in changed if any(k == f or (f.endswith(".") and k.startswith(f))
+                                       for f in (*SHAPE_KEYS, *family_shape_keys))]
     describe = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in (shape or changed)[:12])
     if shape:
         raise ValueError(f"resume_from: {path} holds a model of another shape than this run's ({describe}); "

@@ -94,10 +94,10 @@ def _ratio(log_ratio: torch.Tensor, clamp: float | None) -> torch.Tensor:
 def _clip_stats(ratio, adv, low, high, mask) -> dict:
     clipped_low = (ratio < low) & (adv < 0)
     clipped_high = (ratio > high) & (adv > 0)
-    return {"clip_frac_low": masked_mean(clipped_low.float(), mask),
-            "clip_frac_high": masked_mean(clipped_high.float(), mask),
-            "clip_frac": masked_mean((clipped_low | clipped_high).float(), mask),
-            "ratio_mean": masked_mean(ratio.detach(), mask)}
+    return {"loss/clip_frac_low": masked_mean(clipped_low.float(), mask),
+            "loss/clip_frac_high": masked_mean(clipped_high.float(), mask),
+            "loss/clip_frac": masked_mean((clipped_low | clipped_high).float(), mask),
+            "loss/ratio_mean": masked_mean(ratio.detach(), mask)}
 
 
 @LOSSES.register("grpo")
@@ -137,7 +137,7 @@ def clipped_token_loss(logp, old_logp, advantages, mask, eps: float = 0.2, eps_h
         bound = -clip_ratio_c * adv
         dual = (adv < 0) & (token_loss > bound)
         token_loss = torch.where(dual, bound, token_loss)
-        stats["clip_frac_dual"] = masked_mean(dual.float(), mask)
+        stats["loss/clip_frac_dual"] = masked_mean(dual.float(), mask)
     return token_loss, stats
 
 
@@ -215,7 +215,7 @@ def clipped_is_weight_loss(logp, old_logp, advantages, mask, eps_low: float = 1.
     low, high = 1.0 - eps_low, 1.0 + eps_high
     weight = ratio.clamp(low, high).detach()
     stats = _clip_stats(ratio, adv, low, high, mask)
-    stats["clip_frac"] = masked_mean(((ratio > high) | (ratio < low)).float(), mask)
+    stats["loss/clip_frac"] = masked_mean(((ratio > high) | (ratio < low)).float(), mask)
     return -weight * adv * logp, stats
 
 
@@ -373,7 +373,7 @@ def compute(name: str, logp, old_logp, advantages, mask, ref_logp=None, *,
             kl = KL_ESTIMATORS.get(kl_estimator)(logp, ref_logp)
             if kl_clamp is not None:
                 kl = kl.clamp(-kl_clamp, kl_clamp)
-            stats["kl"] = masked_mean(kl.detach(), mask)
+            stats["kl/mean"] = masked_mean(kl.detach(), mask)
         elif beta > 0:
             raise ValueError("beta > 0 needs ref_logp (the trainer keeps a reference model when beta > 0)")
         if token_weights is not None:

@@ -20,7 +20,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,6 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from mmrl.config import check_modality_sections
 from mmrl.core import advantages as advantage_estimators
 from mmrl.core import checkpoint, losses, sharding
 from mmrl.core.adapter import adapter_option, assert_adapter, iteration_kwargs
@@ -46,6 +45,7 @@ from mmrl.core.throughput import FlopCounter, peak_tflops, step_throughput
 from mmrl.data import row_label
 from mmrl.eval import load_benchmarks
 from mmrl.eval.during_training import eval_cache_root, evaluate_policy
+from mmrl.modalities import shape_keys as family_shape_keys
 from mmrl.rewards import REWARDS, score_batch
 from mmrl.rewards.registry import ON_ERROR, REWARD_ARGS, success_column
 
@@ -141,7 +141,6 @@ def validate(cfg, world_size: int) -> None:
         raise ValueError(f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     if not cfg.rewards:
         raise ValueError("rewards: at least one reward function is needed")
-    check_modality_sections(cfg)
     check_methods(cfg)
 
 
@@ -228,6 +227,11 @@ class GlobalRows:
     offset: int                  # this rank's first row
     completions: list | None = None  # [N] completion token id lists (only for samplers that need them)
     dropped: torch.Tensor | None = None  # [N] bool: rows of groups a reward failed on (on_error: drop)
+    reward_weights: list[float] = field(default_factory=list)  # of the reward columns (the batch's)
+
+    def total_reward(self) -> torch.Tensor:
+        """[N] the combined reward (as RolloutBatch.total_reward)."""
+        return combine_rewards(self.rewards, self.reward_weights or None)
 
     def groups(self) -> tuple[list[int], list[torch.Tensor]]:
         """(example index, row indices) of each group in order."""
@@ -240,7 +244,8 @@ class GlobalRows:
         return GlobalRows(rewards=self.rewards[rows], group_ids=self.group_ids[rows],
                           example_index=self.example_index[rows], lengths=self.lengths[rows], offset=0,
                           completions=[self.completions[j] for j in rows.tolist()] if self.completions else None,
-                          dropped=self.dropped[rows] if self.dropped is not None else None)
+                          dropped=self.dropped[rows] if self.dropped is not None else None,
+                          reward_weights=self.reward_weights)
 
 
 def gather_rows(accelerator, batch: RolloutBatch, with_completions: bool = False) -> GlobalRows:
@@ -257,13 +262,13 @@ def gather_rows(accelerator, batch: RolloutBatch, with_completions: bool = False
     return GlobalRows(rewards=torch.cat([p[0] for p in pieces]), group_ids=torch.cat(group_ids),
                       example_index=torch.cat([p[2] for p in pieces]), lengths=torch.cat([p[3] for p in pieces]),
                       offset=offset, completions=[t for p in pieces for t in p[4]] if with_completions else None,
-                      dropped=torch.cat([p[5] for p in pieces]))
+                      dropped=torch.cat([p[5] for p in pieces]), reward_weights=list(batch.reward_weights))
 
 
 # ---------------------------------------------------------------- one step's pieces
-def informative_rows(cfg, batch: RolloutBatch) -> torch.Tensor:
+def informative_rows(batch: RolloutBatch) -> torch.Tensor:
     """[N] bool: rows of groups whose total rewards are not all equal."""
-    _, _, _, spread = group_stats(combine_rewards(batch.rewards, [r.weight for r in cfg.rewards]), batch.group_ids)
+    _, _, _, spread = group_stats(batch.total_reward(), batch.group_ids)
     return spread > 0
 
 
@@ -287,7 +292,7 @@ def rollout(cfg, accelerator, adapter, model, examples: list[dict], state: Algor
         add_counts(errors, score_batch(cfg.rewards, batch))
         if not sampler.refill:
             return batch, errors
-        useful = informative_rows(cfg, batch) & ~dropped_rows(batch)
+        useful = informative_rows(batch) & ~dropped_rows(batch)
         kept.append(batch.select(torch.nonzero(useful).flatten()))
         have += len(torch.unique(batch.group_ids[useful]))
         short = accelerator.reduce(torch.tensor(float(max(per_rank - have, 0)), device=accelerator.device), "max")
@@ -321,7 +326,7 @@ def compute_advantages(cfg, rows: GlobalRows, state: AlgorithmState, context: di
         return adv
     a = cfg.algorithm
     adv = advantage_estimators.compute(a.advantage, rows.rewards, rows.group_ids,
-                                       reward_weights=reward_weights(cfg), state=state.advantage,
+                                       reward_weights=rows.reward_weights or None, state=state.advantage,
                                        example_index=rows.example_index, success_column=success_column(cfg.rewards),
                                        **(context or {}), **a.advantage_params)
     indices, groups = rows.groups()
@@ -367,7 +372,7 @@ def record_behaviour_logps(cfg, accelerator, adapter, model, ref_model, batch: R
 def add_kl_reward_penalty(cfg, batch: RolloutBatch, behaviour_logp: torch.Tensor) -> None:
     """KL in the reward (verl's use_kl_in_reward, TRL's RLOO): a reward column `kl_penalty` =
     -sum_t KL_t(pi_behaviour || pi_ref) over the tokens the loss counts, with weight beta
-    (`reward_weights`), so the advantage estimator sees r - beta KL. KL_t is `kl_estimator` (k1 =
+    (`batch.reward_weights`), so the advantage estimator sees r - beta KL. KL_t is `kl_estimator` (k1 =
     log pi - log pi_ref, verl's default here) clamped by `kl_clamp`."""
     a = cfg.algorithm
     ref = batch.ref_logp if batch.ref_logp is not None else batch.ref_logp_by_iteration[:, 0]
@@ -375,15 +380,9 @@ def add_kl_reward_penalty(cfg, batch: RolloutBatch, behaviour_logp: torch.Tensor
     if a.kl_clamp is not None:
         kl = kl.clamp(-a.kl_clamp, a.kl_clamp)
     penalty = (kl * loss_mask(batch).to(kl.dtype)).sum(-1)
+    weights = batch.reward_weights or [1.0] * batch.rewards.shape[1]
     batch.rewards = torch.cat([batch.rewards, -penalty[:, None].to(batch.rewards)], dim=1)
-    batch.reward_names = [*batch.reward_names, "kl_penalty"]
-
-
-def reward_weights(cfg) -> list[float]:
-    """The weight of each reward column: the configured rewards', then beta for the KL penalty column."""
-    weights = [r.weight for r in cfg.rewards]
-    return weights + [cfg.algorithm.beta] if cfg.algorithm.kl_penalty == "reward" and cfg.algorithm.beta > 0 \
-        else weights
+    batch.reward_names, batch.reward_weights = [*batch.reward_names, "kl_penalty"], [*weights, float(a.beta)]
 
 
 def update_chunks(cfg, batch: RolloutBatch, weighting=None) -> list[RolloutBatch]:
@@ -458,11 +457,14 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
                     **{k: v for method in methods for k, v in method.loss_terms(mb, iteration).items()}, **a.loss_params)
                 accelerator.backward(loss)
             loss_total += loss.item()
+            for key in (k for k in stats if k.startswith("loss/")):  # clip / ratio statistics: every inner update
+                stats_sum[key] = stats_sum.get(key, 0.0) + float(stats[key]) / (len(chunks) * a.num_iterations)
             if iteration == 0:  # the policy statistics of the on-policy pass
                 stats.update(extra)
-                stats["entropy"] = losses.masked_mean(entropy, mask.to(entropy.dtype))
+                stats["policy/entropy"] = losses.masked_mean(entropy, mask.to(entropy.dtype))
                 for key, value in stats.items():
-                    stats_sum[key] = stats_sum.get(key, 0.0) + float(value) / len(chunks)
+                    if not key.startswith("loss/"):
+                        stats_sum[key] = stats_sum.get(key, 0.0) + float(value) / len(chunks)
             else:  # terms that act only after the first update: summed over micro-batches, averaged over updates
                 for key in (k for method in methods for k in method.later_iteration_stats if k in stats):
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(stats[key]) / (a.num_iterations - 1)
@@ -477,17 +479,17 @@ def policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch:
             optimizer.step()
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return {**stats_sum, "loss": loss_total, "grad_norm": grad_norm, "nonfinite/skipped_updates": skipped}
+    return {**stats_sum, "loss/total": loss_total, "optim/grad_norm": grad_norm, "nonfinite/skipped_updates": skipped}
 
 
 COUNTED = ("filter/shortfall_groups",)  # besides every `/errors` key and the run's methods' `counted`
 
 
-def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weights: list[float],
-                 reward_names: list[str], local: dict, counted_keys: tuple[str, ...] = ()) -> dict:
+def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, reward_names: list[str], local: dict,
+                 counted_keys: tuple[str, ...] = ()) -> dict:
     """Step metrics over all ranks: reward/length/advantage statistics from the gathered rows;
     counters (COUNTED, `counted_keys`, `/errors`) summed and per-rank statistics averaged over ranks."""
-    total = combine_rewards(rows.rewards, weights)
+    total = rows.total_reward()
     _, _, _, spread = group_stats(total, rows.group_ids)
     first = group_starts(rows.group_ids)
     device = accelerator.device
@@ -502,7 +504,7 @@ def step_metrics(accelerator, rows: GlobalRows, advantages: torch.Tensor, weight
         out[f"reward/{name}/mean"] = rows.rewards[scored, j].mean()
     out.update({
         "advantage/abs_mean": advantages.abs().mean(),
-        "frac_degenerate_groups": float((spread[first] == 0).float().mean()),
+        "reward/frac_degenerate_groups": float((spread[first] == 0).float().mean()),
         "group_size/mean": len(rows.group_ids) / float(len(first)),
         "group_size/max": float(torch.unique_consecutive(rows.group_ids, return_counts=True)[1].max()),
         "completion_length/mean": rows.lengths.float().mean(),
@@ -533,7 +535,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     world = accelerator.num_processes
     resume = checkpoint.resolve_resume(cfg.resume_from, cfg.output_dir)
     if resume is not None:
-        checkpoint.check_resumed_config(resume, asdict(cfg))
+        checkpoint.check_resumed_config(resume, asdict(cfg), family_shape_keys(cfg.model.modality))
     accelerator.print(f"mmrl: world_size={world} device={accelerator.device} "
                       f"distributed={accelerator.distributed_type.value} sharding={cfg.trainer.sharding} resume={resume}")
 
@@ -574,7 +576,6 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
     metrics_log = MetricsLog(cfg.output_dir, enabled=accelerator.is_main_process,
                              resume_step=start if resume is not None else None,
                              append=cfg.resume_from is not None and resume is None)
-    weights = reward_weights(cfg)
     if cfg.eval.every > 0:  # load (and check) the benchmarks before the first step, not at the first eval
         benchmarks = load_benchmarks(cfg.eval, cfg.eval.system_prompt or cfg.data.system_prompt,
                                      image_examples=adapter_option(adapter, "image_examples"))
@@ -624,8 +625,9 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                 local.update(method.after_update(batch))
         # LOG + SAVE
         step_time = time.perf_counter() - t0
-        metrics = step_metrics(accelerator, rows, advantages, weights, batch.reward_names, local, counted_keys)
-        metrics.update(lr=scheduler.get_last_lr()[0], step_time_s=step_time, world_size=world, **(data_stats or {}))
+        metrics = step_metrics(accelerator, rows, advantages, batch.reward_names, local, counted_keys)
+        metrics.update({"optim/lr": scheduler.get_last_lr()[0], "time/step_s": step_time, "run/world_size": world},
+                       **(data_stats or {}))
         trained = int(batch.prompt_mask.sum() + batch.completion_mask.sum()) * cfg.algorithm.num_iterations
         metrics.update(step_throughput(accelerator, counter, step_time, int(batch.completion_mask.sum()), trained,
                                        peak))
@@ -643,7 +645,8 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
                             sharding=cfg.trainer.sharding, save_hf_model=cfg.trainer.save_hf_model,
                             keep=cfg.trainer.save_total_limit, merge_lora=cfg.trainer.save_merged_model)
             if accelerator.is_main_process:  # the curve so far, also for a run that later crashes
-                metrics_log.plot_rewards(reward_names=batch.reward_names, weights=weights, title=method_label(cfg))
+                metrics_log.plot_rewards(reward_names=batch.reward_names, weights=batch.reward_weights,
+                                         title=method_label(cfg))
         nonfinite_run = nonfinite_run + 1 if record["nonfinite/skipped_updates"] == cfg.algorithm.num_iterations else 0
         if nonfinite_run >= cfg.trainer.max_nonfinite_steps:  # validated >= 1
             raise FloatingPointError(
@@ -677,9 +680,9 @@ def progress_fields(record: dict, reward_names: list[str]) -> dict:
     fields = {"reward": short(record.get("reward/mean"))}
     for name in reward_names:
         fields[name] = short(record.get(f"reward/{name}/mean"))
-    for key in ("kl", "entropy"):
+    for field_name, key in (("kl", "kl/mean"), ("entropy", "policy/entropy")):
         if key in record:
-            fields[key] = short(record[key])
+            fields[field_name] = short(record[key])
     if record.get("nonfinite/skipped_updates"):
         fields["skipped"] = record["nonfinite/skipped_updates"]
     return fields
@@ -698,7 +701,7 @@ def start_trackers(cfg, accelerator) -> None:
 
 
 def format_metrics(record: dict) -> str:
-    keys = ["reward/mean", "frac_degenerate_groups", "loss", "kl", "entropy", "clip_frac",
-            "completion_length/mean", "grad_norm", "step_time_s"]
+    keys = ["reward/mean", "reward/frac_degenerate_groups", "loss/total", "kl/mean", "policy/entropy", "loss/clip_frac",
+            "completion_length/mean", "optim/grad_norm", "time/step_s"]
     parts = [f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float))]
     return f"step {record['step']}: " + " ".join(parts)

@@ -57,11 +57,12 @@ def success_column(reward_cfgs) -> int:
 
 def score_batch(reward_cfgs, batch) -> dict[str, int]:
     """Rewards [N, K] of a rollout batch's completions (against its examples) into `batch.rewards` /
-    `batch.reward_names`, the rows to drop into `batch.reward_failed`; returns the failures per reward
-    as metrics {'reward/<name>/errors': count}."""
+    `batch.reward_names` / `batch.reward_weights`, the rows to drop into `batch.reward_failed`; returns
+    the failures per reward as metrics {'reward/<name>/errors': count}."""
     scores = score(reward_cfgs, batch.completions_text, batch.examples, batch.completion_lengths.tolist())
     device = batch.group_ids.device
     batch.rewards, batch.reward_names = scores.rewards.to(device), scores.names
+    batch.reward_weights = [float(r.weight) for r in reward_cfgs]
     batch.reward_failed = scores.failed.to(device)
     return {f"reward/{name}/errors": n for name, n in scores.errors.items()}
 

@@ -1,6 +1,9 @@
 """Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): adapter, image data, tiny test models."""
 from mmrl.vlm.adapter import VLMAdapter  # noqa: F401
+from mmrl.vlm.config import VisionConfig
 from mmrl.vlm.data import image_examples  # noqa: F401  (benchmark rows with images -> (prompts, skipped): scripts/eval.py)
+
+config_sections = {"model.vision": VisionConfig}  # mmrl.modalities
 
 
 def load_vlm(model_cfg, seed: int = 0):

@@ -20,7 +20,7 @@ def test_grpo_clip_positive_advantage_is_clipped_above():
     # r = 1.3, A = +1, eps 0.2: loss -1.2 and no gradient
     loss, grad, stats = _single(math.log(1.3), 0.0, 1.0, eps=0.2)
     assert loss == pytest.approx(-1.2) and grad == 0.0
-    assert stats["clip_frac_high"] == 1 and stats["clip_frac_low"] == 0
+    assert stats["loss/clip_frac_high"] == 1 and stats["loss/clip_frac_low"] == 0
 
 
 def test_grpo_clip_negative_advantage_above_range_still_flows():
@@ -35,7 +35,7 @@ def test_clip_higher_is_asymmetric():
     assert loss == pytest.approx(-1.25) and grad == pytest.approx(-1.25)
     # ... r = 0.75 < 0.8 with A = -1 is clipped: loss = -min(-0.75, -0.8) = 0.8, no gradient
     loss, grad, stats = _single(math.log(0.75), 0.0, -1.0, eps=0.2, eps_high=0.28)
-    assert loss == pytest.approx(0.8) and grad == 0.0 and stats["clip_frac_low"] == 1
+    assert loss == pytest.approx(0.8) and grad == 0.0 and stats["loss/clip_frac_low"] == 1
 
 
 def test_kl_estimators_hand_computed():
@@ -54,7 +54,7 @@ def test_kl_enters_the_loss_per_token_with_beta():
     loss, stats = losses.compute("grpo", logp, logp, torch.zeros(1, dtype=torch.float64), torch.ones(1, 1),
                                  ref_logp=ref, beta=0.5)
     assert loss.item() == pytest.approx(0.5 * (math.exp(-0.1) + 0.1 - 1))
-    assert stats["kl"].item() == pytest.approx(0.004837, abs=1e-6)
+    assert stats["kl/mean"].item() == pytest.approx(0.004837, abs=1e-6)
     with pytest.raises(ValueError, match="ref_logp"):
         losses.compute("grpo", logp, logp, torch.zeros(1), torch.ones(1, 1), beta=0.1)
 
@@ -125,10 +125,10 @@ def test_gspo_clips_the_whole_sequence():
     loss, stats = losses.compute("gspo", logp, old, torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 2))
     loss.backward()
     assert loss.item() == pytest.approx(1 - 3e-4)
-    assert torch.all(logp.grad == 0) and stats["clip_frac_low"] == 1
+    assert torch.all(logp.grad == 0) and stats["loss/clip_frac_low"] == 1
     # token-level GRPO with eps 0.2 would clip neither token
     _, stats = losses.compute("grpo", logp, old, torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 2))
-    assert stats["clip_frac"] == 0
+    assert stats["loss/clip_frac"] == 0
 
 
 def test_gspo_unclipped_gradient_is_length_normalised():
@@ -177,7 +177,7 @@ def test_sapo_soft_gate_hand_computed():
     # A=+1, r=1.5, tau=1: f = 4 sigmoid(0.5) = 2.4898, df/dr = 4 s (1 - s) = 0.9400 (a hard clip gives 0)
     loss, dloss_dr, stats = _sapo(1.5, 1.0)
     assert loss == pytest.approx(-2.4898, abs=1e-4) and dloss_dr == pytest.approx(-0.9400, abs=1e-4)
-    assert stats["clip_frac"] == 0
+    assert stats["loss/clip_frac"] == 0
     assert _sapo(2.0, 1.0)[1] == pytest.approx(-0.7864, abs=1e-4)
     # A=-1 uses tau_neg = 1.05: weight 4 s (1 - s) with s = sigmoid(0.525) -> 0.9341
     assert _sapo(1.5, -1.0)[1] == pytest.approx(0.9341, abs=1e-4)
@@ -227,7 +227,7 @@ def test_cispo_clips_the_weight_but_keeps_the_gradient():
     loss, grad, stats = _one_token(1.5, 1.0, name="cispo", eps_high=0.28)
     assert loss == pytest.approx(-1.28 * (-1 + math.log(1.5)))
     assert grad == pytest.approx(-1.28)  # PPO-clip would give 0 here
-    assert stats["clip_frac"] == 1.0
+    assert stats["loss/clip_frac"] == 1.0
     # inside the range the weight is r itself, so the gradient is r A (= PPO's)
     assert _one_token(1.1, -1.0, name="cispo")[1] == pytest.approx(1.1)
 
@@ -326,7 +326,7 @@ def test_reg_grpo_groups_are_normalised_separately_and_take_kl():
     ref = logp.detach() - 0.1
     with_kl, stats = losses.compute("reg_grpo", logp, old, adv, mask, ref_logp=ref, group_ids=groups,
                                     aggregation="seq-mean-token-mean", beta=0.1)
-    assert with_kl.item() > loss.item() and stats["kl"] > 0
+    assert with_kl.item() > loss.item() and stats["kl/mean"] > 0
     assert losses.LOSSES.get("reg_grpo").whole_groups
 
 
@@ -354,9 +354,9 @@ def test_dual_clip_bounds_the_loss_of_negative_advantages():
     """verl's dual clip, A = -2, c = 3, clip 0.2 / 0.28: r = 2 gives max(4, 2.56) = 4 < 6 (unchanged,
     gradient -A r = 4); r = 4 gives max(8, 2.56) = 8 > 6, so 6 with no gradient. Without c: 8, grad 8."""
     loss, grad, stats = _single(math.log(2.0), 0.0, -2.0, eps=0.2, eps_high=0.28, clip_ratio_c=3.0)
-    assert loss == pytest.approx(4.0) and grad == pytest.approx(4.0) and stats["clip_frac_dual"] == 0
+    assert loss == pytest.approx(4.0) and grad == pytest.approx(4.0) and stats["loss/clip_frac_dual"] == 0
     loss, grad, stats = _single(math.log(4.0), 0.0, -2.0, eps=0.2, eps_high=0.28, clip_ratio_c=3.0)
-    assert loss == pytest.approx(6.0) and grad == 0.0 and stats["clip_frac_dual"] == 1
+    assert loss == pytest.approx(6.0) and grad == 0.0 and stats["loss/clip_frac_dual"] == 1
     loss, grad, _ = _single(math.log(4.0), 0.0, -2.0, eps=0.2, eps_high=0.28)
     assert loss == pytest.approx(8.0) and grad == pytest.approx(8.0)
     loss, _, _ = _single(math.log(4.0), 0.0, 2.0, eps=0.2, clip_ratio_c=3.0)  # A > 0: only the usual clip
@@ -386,7 +386,7 @@ def test_kl_clamp_limits_each_estimate():
     loss, stats = losses.compute("grpo", *args, ref_logp=ref, beta=1.0)
     assert loss.item() == pytest.approx(math.exp(3) - 4)
     loss, stats = losses.compute("grpo", *args, ref_logp=ref, beta=1.0, kl_clamp=10.0)
-    assert loss.item() == pytest.approx(10.0) and stats["kl"].item() == pytest.approx(10.0)
+    assert loss.item() == pytest.approx(10.0) and stats["kl/mean"].item() == pytest.approx(10.0)
 
 
 def test_token_weights_do_not_scale_the_kl_term_unless_asked():
@@ -433,6 +433,6 @@ def test_gspo_ratio_mask_widens_the_mean():
     mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
     args = (logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64), mask)
     _, stats = losses.compute("gspo", *args, eps=10.0, eps_high=10.0)
-    assert stats["ratio_mean"].item() == pytest.approx(math.exp(0.3))
+    assert stats["loss/ratio_mean"].item() == pytest.approx(math.exp(0.3))
     _, stats = losses.compute("gspo", *args, ratio_mask=torch.ones(1, 4), eps=10.0, eps_high=10.0)
-    assert stats["ratio_mean"].item() == pytest.approx(math.exp(0.15)) and stats["ratio_mean"].item() == pytest.approx(1.1618, abs=1e-4)
+    assert stats["loss/ratio_mean"].item() == pytest.approx(math.exp(0.15)) and stats["loss/ratio_mean"].item() == pytest.approx(1.1618, abs=1e-4)

@@ -60,14 +60,13 @@ def test_kl_as_a_reward_penalty_by_hand():
     batch = RolloutBatch(prompt_ids=torch.ones(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
                          completion_ids=torch.ones(2, 2, dtype=torch.long), completion_mask=torch.tensor([[1, 1], [1, 0]]),
                          group_ids=torch.tensor([0, 0]), rewards=torch.tensor([[1.0], [0.0]]), reward_names=["accuracy_math"],
-                         ref_logp=torch.tensor([[-1.5, -1.0], [-0.5, -9.0]]))
+                         reward_weights=[2.0], ref_logp=torch.tensor([[-1.5, -1.0], [-0.5, -9.0]]))
     trainer.add_kl_reward_penalty(cfg, batch, torch.tensor([[-1.0, -2.0], [-1.0, -3.0]]))
     assert batch.reward_names == ["accuracy_math", "kl_penalty"]
     assert batch.rewards[:, 1].tolist() == [0.5, 0.5]
-    assert trainer.reward_weights(cfg) == [2.0, 0.1]
+    assert batch.reward_weights == [2.0, 0.1]
     # the total the advantage sees: 2 r - beta KL = [2.05, 0.05]
-    from mmrl.core.advantages import combine_rewards
-    assert combine_rewards(batch.rewards, trainer.reward_weights(cfg)).tolist() == pytest.approx([2.05, 0.05])
+    assert batch.total_reward().tolist() == pytest.approx([2.05, 0.05])
 
 
 def test_kl_in_reward_leaves_no_kl_term_in_the_loss(accelerator):
@@ -86,7 +85,7 @@ def test_kl_in_reward_leaves_no_kl_term_in_the_loss(accelerator):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         stats = trainer.policy_update(cfg, accelerator, adapter, model, optimizer,
                                       trainer.build_scheduler(optimizer, cfg.optim, 1), batch)
-        losses_by_placement[placement] = stats["loss"]
+        losses_by_placement[placement] = stats["loss/total"]
     assert losses_by_placement["loss"] == pytest.approx(0.5 * (math.exp(-0.5) + 0.5 - 1), rel=1e-4)
     assert losses_by_placement["reward"] == 0.0
 
@@ -98,7 +97,7 @@ def test_kl_in_reward_runs_and_logs_its_column(tmp_path):
                       "algorithm.kl_estimator=k1")
     first, last = log.history
     assert first["reward/kl_penalty/mean"] == 0.0  # the reference is the policy before the first update
-    assert math.isfinite(last["reward/kl_penalty/mean"]) and "kl" in last
+    assert math.isfinite(last["reward/kl_penalty/mean"]) and "kl/mean" in last
 
 
 def test_kl_checks_warn_and_sequence_losses_take_their_aggregation(caplog):
@@ -176,7 +175,7 @@ def test_a_non_finite_loss_skips_the_update(accelerator):
     after, stats = sgd_update(accelerator, batch)
     tok = build_tokenizer()
     before = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0).state_dict()
-    assert stats["nonfinite/skipped_updates"] == 1 and not math.isfinite(stats["loss"])
+    assert stats["nonfinite/skipped_updates"] == 1 and not math.isfinite(stats["loss/total"])
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
@@ -222,3 +221,28 @@ def test_two_success_rewards_are_refused():
     cfg = load_config(None, ["rewards=[{name: format, success: true}, {name: accuracy_math, success: true}]"])
     with pytest.raises(ValueError, match="rewards.0, rewards.1 all set success: true"):
         trainer.validate(cfg, 1)
+
+
+def test_clip_statistics_average_every_inner_update(accelerator):
+    """loss/ratio_mean over mu = 2 inner updates is (1 + r) / 2: 1 on the first (on-policy) update and,
+    on the second, r = the token mean of pi_1 / pi_0 with pi_1 the model after one step (measured here
+    from a one-update run). The entropy stays the first update's."""
+    from mmrl.core.losses import masked_mean
+    from tests.distributed.ddp_update import global_batch
+
+    tok = build_tokenizer()
+    adapter = CausalLMAdapter(tok, prefix_sharing=True)
+    one_step, one = sgd_update(accelerator, global_batch(len(tok)), ["algorithm.loss_params={eps: 0.001}"])
+    two_steps, two = sgd_update(accelerator, global_batch(len(tok)), ["algorithm.loss_params={eps: 0.001}",
+                                                                       "algorithm.num_iterations=2"])
+    batch = global_batch(len(tok))
+    model = build_tiny_causal_lm(tok, hidden_size=32, intermediate_size=64, seed=0)
+    with torch.no_grad():
+        before = adapter.log_probs(model, batch)
+        model.load_state_dict(one_step)
+        after = adapter.log_probs(model, batch)
+    ratio = masked_mean((after - before).exp(), batch.completion_mask.to(after.dtype)).item()
+    assert one["loss/ratio_mean"] == pytest.approx(1.0) and one["loss/clip_frac"] == 0
+    assert abs(ratio - 1) > 1e-3  # the step moved the policy (by 0.9% here)
+    assert two["loss/ratio_mean"] == pytest.approx((1 + ratio) / 2, rel=1e-4)
+    assert two["loss/clip_frac"] > 0 and two["policy/entropy"] == pytest.approx(one["policy/entropy"])

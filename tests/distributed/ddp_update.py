@@ -118,11 +118,11 @@ def run_case(accelerator: Accelerator, kind: str, sharded: bool, aggregation: st
     batch = batch.shard_by_group(accelerator.process_index, accelerator.num_processes).to(accelerator.device)
     record_behaviour_logps(cfg, accelerator, adapter, model, reference, batch)
     stats = policy_update(cfg, accelerator, adapter, model, optimizer, scheduler, batch)
-    loss = accelerator.reduce(torch.tensor(stats["loss"], device=accelerator.device), "mean").item()
+    loss = accelerator.reduce(torch.tensor(stats["loss/total"], device=accelerator.device), "mean").item()
     state = full_state_dict(model) if sharded else accelerator.unwrap_model(model).state_dict()
     params = {k: v.detach().cpu().clone() for k, v in state.items()}
     return {"params": params, "loss": loss, "llds_active": stats.get("llds/active_tokens", 0.0),
-            "grad_norm": stats["grad_norm"]}
+            "grad_norm": stats["optim/grad_norm"]}
 
 
 def main(out_path: str, mode: str = "none", kind: str = "text"):

@@ -190,9 +190,9 @@ def test_fsdp2_recipe_trains_and_resumes_exactly(tmp_path, recipe):
     shutil.copytree(step2, resumed / "checkpoints" / step2.name)
     _launch_two([*args, f"output_dir={resumed}", "resume_from=latest"])
     a, b = _metrics(straight), _metrics(resumed)
-    assert [r["world_size"] for r in a] == [2, 2, 2] and [r["step"] for r in b] == [3]
-    assert all(r["grad_norm"] > 0 for r in a), "every step should update the model"
-    timing = {k for k in a[2] if k == "step_time_s" or k.startswith(("time/", "perf/"))}  # wall-clock figures
+    assert [r["run/world_size"] for r in a] == [2, 2, 2] and [r["step"] for r in b] == [3]
+    assert all(r["optim/grad_norm"] > 0 for r in a), "every step should update the model"
+    timing = {k for k in a[2] if k.startswith(("time/", "perf/"))}  # wall-clock figures
     assert {k: v for k, v in b[0].items() if k not in timing} == {k: v for k, v in a[2].items() if k not in timing}
     assert _saved_weights(resumed) == _saved_weights(straight)  # step 3's update: the optimizer state resumed too
     if recipe == "cogrpo":  # the token and schedule policies alternate; the trained schedule is saved
@@ -211,7 +211,7 @@ def _resume_in_one_process(args: list[str], run_dir: Path) -> None:
     one = subprocess.run([sys.executable, *args, f"output_dir={run_dir}", "trainer.max_steps=4", "resume_from=latest"],
                          env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert [(r["step"], r["world_size"]) for r in _metrics(run_dir)] == [(1, 2), (2, 2), (3, 2), (4, 1)]
+    assert [(r["step"], r["run/world_size"]) for r in _metrics(run_dir)] == [(1, 2), (2, 2), (3, 2), (4, 1)]
     assert "resuming a 2-process checkpoint on 1 processes" in one.stderr
     refused = subprocess.run([sys.executable, *args, f"output_dir={run_dir}", "trainer.max_steps=5",
                               "resume_from=latest", "trainer.sharding=none"], env=_env(), cwd=ROOT, timeout=LIMIT_S,
@@ -302,5 +302,5 @@ def test_video_reggrpo_with_augmentation_on_two_processes(tmp_path):
     run = subprocess.run(cmd, env=_env(), cwd=ROOT, timeout=LIMIT_S, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["world_size"] for l in lines] == [2] * 4 and all(math.isfinite(l["grad_norm"]) for l in lines)
+    assert [l["run/world_size"] for l in lines] == [2] * 4 and all(math.isfinite(l["optim/grad_norm"]) for l in lines)
     assert sum(l["augment/hinted_groups"] + l["augment/noised_groups"] for l in lines) > 0

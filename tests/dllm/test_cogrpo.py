@@ -328,6 +328,6 @@ def test_resume_continues_exactly(tmp_path):
     train_mdm.main(["--config", CONFIG, f"output_dir={tmp_path / 'b'}", "trainer.max_steps=2", *fast])
     resumed = train_mdm.main(["--config", CONFIG, f"output_dir={tmp_path / 'b'}", "trainer.max_steps=4",
                               "resume_from=latest", *fast])
-    keys = ("loss", "reward/mean", "grad_norm", "schedule/gamma")
+    keys = ("loss/total", "reward/mean", "optim/grad_norm", "schedule/gamma")
     assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
     assert len(full.history) == 4

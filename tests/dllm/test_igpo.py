@@ -5,8 +5,9 @@ import random
 import torch
 from accelerate import Accelerator
 
+from dllm.config import InpaintingConfig
 from dllm.igpo import chunk_spans, entropy_filtered_mask, hint_canvas, inpaint
-from mmrl.config import InpaintingConfig, load_config
+from mmrl.config import load_config
 
 
 class FixedRng(random.Random):

@@ -31,9 +31,9 @@ def test_each_estimator_trains_and_resumes_exactly(tmp_path, estimator):
     full = run(tmp_path / "a", "trainer.max_steps=4", *over)
     run(tmp_path / "b", "trainer.max_steps=2", *over)
     resumed = run(tmp_path / "b", "trainer.max_steps=4", "resume_from=latest", *over)
-    keys = ("loss", "reward/mean", "grad_norm")
+    keys = ("loss/total", "reward/mean", "optim/grad_norm")
     assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in full.history)
+    assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in full.history)
 
 
 def test_old_log_probs_follow_each_inner_iterations_masks():
@@ -147,7 +147,7 @@ def test_tiny_justgrpo_demo_raises_accuracy(tmp_path):
     k = len(acc) // 5
     first, last = sum(acc[:k]) / k, sum(acc[-k:]) / k
     assert last - first >= 0.06, (first, last)
-    entropy = [r["entropy"] for r in log.history]
+    entropy = [r["policy/entropy"] for r in log.history]
     assert sum(entropy[-k:]) < 1.5 * sum(entropy[:k]), entropy  # no blow-up (the canvas loss: 0.13 -> 0.8)
 
 

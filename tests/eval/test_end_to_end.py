@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from mmrl.config import ConfigError
 from tests.integration.helpers import ROOT, run_text
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -42,7 +43,7 @@ def test_eval_during_training_logs_metrics_and_leaves_training_unchanged(tmp_pat
     plain, _ = run_text(tmp_path / "plain", "trainer.max_steps=4")
     with_eval, _ = run_text(tmp_path / "eval", "trainer.max_steps=4", "eval.every=3", bench,
                             "eval.max_new_tokens=6")
-    keys = ("loss", "reward/mean", "grad_norm")
+    keys = ("loss/total", "reward/mean", "optim/grad_norm")
     assert [[r[k] for k in keys] for r in with_eval.history] == [[r[k] for k in keys] for r in plain.history]
     evals = {r["step"]: r.get("eval/add/pass@1") for r in with_eval.history}
     assert evals[1] is None and evals[2] is None and evals[3] is not None and evals[4] is not None  # every 3 + last
@@ -58,8 +59,13 @@ def test_vision_benchmarks_through_the_vlm_adapter(tmp_path):
             "eval.max_new_tokens=4", "eval.num_samples=2", "eval.ks=[1,2]"]
     result = eval_script.main(args)
     assert result.benchmarks["mathvision"]["problems"] == 3 and result.benchmarks["superclevr"]["problems"] == 2
+    with pytest.raises(ConfigError, match="'model.vision' belongs to the vlm model family"):
+        eval_script.main([*args, "model.modality=text"])  # the recipe's vision section, in a text run
+    text_recipe = tmp_path / "eval_vision_text.yaml"  # the same benchmarks, without the section
+    text_recipe.write_text((ROOT / "configs" / "eval_vision.yaml").read_text().replace("  vision: {", "  # vision: {"))
     with pytest.raises(SystemExit, match="vision-language model"):
-        eval_script.main([*args, "model.modality=text"])
+        eval_script.main(["--config", str(text_recipe), *[a for a in args[2:] if not a.startswith("model.vision")],
+                          "model.modality=text"])
 
 
 def test_shipped_vision_benchmarks_load_with_images_and_options():

@@ -93,7 +93,7 @@ def test_a_reward_failing_on_every_sample_trains_on_nothing_or_stops_the_run(tmp
         run_text(tmp_path / "b", "trainer.max_steps=1", "sft.steps=0", broken % ", on_error: raise")
     log, _ = run_text(tmp_path / "c", "trainer.max_steps=1", "sft.steps=0", broken % "")
     assert log.history[-1]["reward/dropped_groups"] == 4 and log.history[-1]["advantage/abs_mean"] == 0
-    assert log.history[-1]["loss"] == 0
+    assert log.history[-1]["loss/total"] == 0
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         run_text(tmp_path, "trainer.max_steps=5", "trainer.max_nonfinite_steps=2", "sft.steps=0",
                  "trainer.save_every=1")
     lines = metric_lines(tmp_path)
-    assert [r["nonfinite/skipped_updates"] for r in lines] == [1, 1] and lines[-1]["loss"] is None
+    assert [r["nonfinite/skipped_updates"] for r in lines] == [1, 1] and lines[-1]["loss/total"] is None
     # the crashed run has its reward curve (drawn at each checkpoint, not only at the end)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
 
@@ -118,8 +118,8 @@ def test_the_progress_bar_names_the_method_and_shows_what_moves():
     cfg = load_config(ROOT / "configs" / "tiny_text_grpo.yaml", ["algorithm.loss=gspo", "algorithm.beta=0.04",
                                                                    "sampler.name=dynamic_filter"])
     assert method_label(cfg) == "gspo+grpo+dynamic_filter+kl0.04"
-    record = {"reward/mean": 0.41234, "reward/accuracy_math/mean": 0.25, "reward/format/mean": None, "kl": 0.00123,
-              "entropy": 2.5, "loss": -0.0, "nonfinite/skipped_updates": 0}
+    record = {"reward/mean": 0.41234, "reward/accuracy_math/mean": 0.25, "reward/format/mean": None, "kl/mean": 0.00123,
+              "policy/entropy": 2.5, "loss/total": -0.0, "nonfinite/skipped_updates": 0}
     assert progress_fields(record, ["accuracy_math", "format"]) == {
         "reward": "0.412", "accuracy_math": "0.25", "format": "nan", "kl": "0.00123", "entropy": "2.5"}
 
@@ -195,7 +195,7 @@ def test_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path):
     run_text(tmp_path, "trainer.max_steps=2", "trainer.log_with=[tensorboard]", "trainer.run_name=tb")
     events = EventAccumulator(str(tmp_path / "trackers" / "tb")).Reload()
     lines = metric_lines(tmp_path)
-    for key in ("reward/mean", "reward/accuracy_math/mean", "loss", "entropy"):
+    for key in ("reward/mean", "reward/accuracy_math/mean", "loss/total", "policy/entropy"):
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in lines], rel=1e-6)
@@ -210,7 +210,7 @@ def test_wandb_offline_and_tensorboard_at_once(tmp_path, monkeypatch):
     (run_file,) = (tmp_path / "trackers" / "wandb").glob("offline-run-*/run-*.wandb")
     stored = run_file.read_bytes()
     for line in metric_lines(tmp_path):
-        assert b"entropy" in stored and json.dumps(line["entropy"]).encode() in stored
+        assert b"policy/entropy" in stored and json.dumps(line["policy/entropy"]).encode() in stored
     assert list((tmp_path / "trackers" / tmp_path.name).glob("events.out.tfevents.*"))
 
 

@@ -87,14 +87,14 @@ def test_a_new_method_runs_with_its_own_config_and_resumes_exactly(tmp_path):
     masked = [r["visits/masked_rows"] for r in straight.history]
     assert masked[:3] == [0, 0, 0] and masked[3:] == [8, 8, 8]  # the second pass: every group (2 x 4 rows) masked
     assert [r["visits/prompts_seen"] for r in straight.history] == [2, 4, 6, 6, 6, 6]
-    assert all(r["loss"] == 0 and r["grad_norm"] == 0 for r in straight.history[3:])  # nothing left to train on
+    assert all(r["loss/total"] == 0 and r["optim/grad_norm"] == 0 for r in straight.history[3:])  # nothing left to train on
     run_text(tmp_path / "b", *common[:-1], "trainer.max_steps=3")
     resumed, _ = run_text(tmp_path / "b", *common, "resume_from=latest")
     # the visit counts came back from the step-3 checkpoint: steps 4.. mask as in the straight run
     assert [(r["step"], r["visits/masked_rows"]) for r in resumed.history if r["step"] > 3] == \
         [(4, 8), (5, 8), (6, 8)]
     for a, b in zip(straight.history[3:], resumed.history[3:]):
-        assert (a["loss"], a["reward/mean"]) == (b["loss"], b["reward/mean"])
+        assert (a["loss/total"], a["reward/mean"]) == (b["loss/total"], b["reward/mean"])
     lines = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [line["visits/masked_rows"] for line in lines] == masked
 
@@ -103,7 +103,7 @@ def test_a_method_off_leaves_the_run_unchanged(tmp_path):
     off, _ = run_text(tmp_path / "off", *SMALL, "trainer.max_steps=4")
     on, _ = run_text(tmp_path / "on", *SMALL, "trainer.max_steps=4", "methods={test_first_visits: {max_visits: 9}}")
     for a, b in zip(off.history, on.history):  # never masks with max_visits 9: the same run
-        assert (a["loss"], a["reward/mean"], a["grad_norm"]) == (b["loss"], b["reward/mean"], b["grad_norm"])
+        assert (a["loss/total"], a["reward/mean"], a["optim/grad_norm"]) == (b["loss/total"], b["reward/mean"], b["optim/grad_norm"])
 
 
 def test_hooks_run_in_the_documented_order(tmp_path):

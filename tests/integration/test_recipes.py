@@ -22,7 +22,7 @@ def test_text_math_recipe_on_a_local_checkpoint(tmp_path):
     adapter = CausalLMAdapter(tok, max_prompt_length=cfg.data.max_prompt_length, temperature=cfg.rollout.temperature)
     train(cfg, adapter, model, load_examples(cfg.data))
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
-    assert {"reward/accuracy_math/mean", "reward/format/mean", "reward/length_penalty/mean", "kl"} <= set(record)
+    assert {"reward/accuracy_math/mean", "reward/format/mean", "reward/length_penalty/mean", "kl/mean"} <= set(record)
     assert (tmp_path / "run" / "checkpoints" / "step_000001" / "model" / "config.json").exists()
 
 

@@ -9,8 +9,8 @@ from mmrl.models.loading import load_causal_lm
 from .helpers import run_text
 
 REQUIRED = ["reward/mean", "reward/std", "reward/accuracy_math/mean", "reward/format/mean", "advantage/abs_mean",
-            "frac_degenerate_groups", "entropy", "clip_frac", "clip_frac_low", "clip_frac_high",
-            "completion_length/mean", "loss", "grad_norm", "lr", "step_time_s", "world_size", "kl"]
+            "reward/frac_degenerate_groups", "policy/entropy", "loss/clip_frac", "loss/clip_frac_low", "loss/clip_frac_high",
+            "completion_length/mean", "loss/total", "optim/grad_norm", "optim/lr", "time/step_s", "run/world_size", "kl/mean"]
 
 
 def test_short_run_logs_metrics_plots_and_saves_a_loadable_model(tmp_path):
@@ -19,7 +19,8 @@ def test_short_run_logs_metrics_plots_and_saves_a_loadable_model(tmp_path):
     assert [l["step"] for l in lines] == [1, 2, 3]
     for key in REQUIRED:
         assert key in lines[-1], key
-    assert lines[-1]["world_size"] == 1 and lines[-1]["lr"] == pytest.approx(5e-4)
+    assert lines[-1]["run/world_size"] == 1 and lines[-1]["optim/lr"] == pytest.approx(5e-4)
+    assert [k for k in lines[-1] if "/" not in k] == ["step"]  # every metric is namespaced (loss/, kl/, optim/, ...)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     ckpt = tmp_path / "checkpoints" / "step_000003"
     assert (ckpt / "run_state.yaml").exists() and not list(tmp_path.glob("checkpoints/*.tmp"))
@@ -41,18 +42,18 @@ def test_resume_continues_exactly(tmp_path):
     c = {r["step"]: r for r in resumed.history}
     assert sorted(c) == [3, 4]
     for step in (3, 4):
-        for key in ("loss", "reward/mean", "kl", "grad_norm", "completion_length/mean"):
+        for key in ("loss/total", "reward/mean", "kl/mean", "optim/grad_norm", "completion_length/mean"):
             assert c[step][key] == a[step][key], (step, key)
 
 
 def test_resume_latest_rewrites_metrics_as_one_run(tmp_path):
     run_text(tmp_path, "trainer.max_steps=2", "trainer.save_every=1")
     with open(tmp_path / "metrics.jsonl", "a") as f:  # a step the crashed run logged but never saved
-        f.write(json.dumps({"step": 3, "loss": 123.0}) + "\n")
+        f.write(json.dumps({"step": 3, "loss/total": 123.0}) + "\n")
     run_text(tmp_path, "trainer.max_steps=3", "resume_from=latest")
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["loss"] != 123.0
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["loss/total"] != 123.0
 
 
 def test_lora_gradient_checkpointing_and_bf16_autocast(tmp_path):

@@ -10,7 +10,7 @@ from mmrl.models.tiny import build_tokenizer
 from mmrl.vlm.tiny import build_processor, build_tiny_vlm
 from tests.vlm.test_adapter import assert_prompt_cache_equals_per_row_prefill, assert_shared_vision_gives_plain_gradients
 from video import VideoAdapter
-from mmrl.config import VideoConfig
+from video.config import VideoConfig
 from video.synthetic import COLOURS, two_squares, write_mp4
 
 

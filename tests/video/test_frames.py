@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from mmrl.config import VideoConfig
+from video.config import VideoConfig
 from video.frames import (FrameCache, Video, VideoError, check_sampling, frame_indices, frame_size,
                           read_video)
 from video.synthetic import COLOURS, first_colour, two_squares, write_mp4

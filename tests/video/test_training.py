@@ -27,7 +27,7 @@ def test_reggrpo_with_augmentation_resumes_exactly(tmp_path):
     full = run("tiny_video_reggrpo.yaml", tmp_path / "a", "trainer.max_steps=4", *over)
     run("tiny_video_reggrpo.yaml", tmp_path / "b", "trainer.max_steps=2", *over)
     resumed = run("tiny_video_reggrpo.yaml", tmp_path / "b", "trainer.max_steps=4", "resume_from=latest", *over)
-    keys = ("loss", "reward/mean", "augment/difficulty_mean", "augment/hinted_groups", "augment/noised_groups")
+    keys = ("loss/total", "reward/mean", "augment/difficulty_mean", "augment/hinted_groups", "augment/noised_groups")
     assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
     assert sum(r["augment/hinted_groups"] + r["augment/noised_groups"] for r in full.history) > 0
     assert full.history[-1]["data/skipped"] == 0 and "reg_grpo/error" in full.history[-1]

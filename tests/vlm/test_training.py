@@ -24,7 +24,7 @@ def test_vlm_run_resumes_exactly(tmp_path):
     full = run(tmp_path / "a", "trainer.max_steps=4", "trainer.save_every=2")
     resumed = run(tmp_path / "b", "trainer.max_steps=2", "trainer.save_every=2")
     resumed = run(tmp_path / "b", "trainer.max_steps=4", "trainer.save_every=2", "resume_from=latest")
-    keys = ("loss", "reward/mean", "grad_norm")
+    keys = ("loss/total", "reward/mean", "optim/grad_norm")
     assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
     assert full.history[-1]["data/skipped"] == 0
 

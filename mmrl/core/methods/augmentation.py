@@ -28,11 +28,10 @@ import torch
 from accelerate.utils import gather_object
 
 from mmrl.core.adapter import adapter_option
-from mmrl.core.advantages import combine_rewards
 from mmrl.core.batch import RolloutBatch, group_starts
 from mmrl.core.methods.base import METHODS, Method
 from mmrl.core.policy import unwrapped_for_generation
-from mmrl.rewards import score, score_batch
+from mmrl.rewards import score_batch
 
 THINK = re.compile(r"<think>(.*?)(</think>|$)", re.DOTALL)
 
@@ -129,8 +128,7 @@ def noise_seed(run_seed: int, step: int, example_index: int) -> int:
 def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: DifficultyAugmentation, step: int):
     """Replace the rollouts of this rank's hard / easy groups by rollouts of their augmented prompts;
     returns (batch, metrics). Every rank pushes the same global group means into the buffer."""
-    weights = [r.weight for r in cfg.rewards]
-    total = combine_rewards(batch.rewards.cpu(), weights)
+    total = batch.total_reward().cpu()
     starts = group_starts(batch.group_ids.cpu()).tolist()
     bounds = list(zip(starts, starts[1:] + [len(batch)]))
     means = [total[a:b].mean().item() for a, b in bounds]
@@ -147,9 +145,9 @@ def augment(cfg, accelerator, adapter, model, batch: RolloutBatch, aug: Difficul
         if hard:
             cond = [with_user_text(examples[g], aug.answer_template.format(answer=examples[g]["answer"])) for g in hard]
             probe = adapter.generate(policy, cond, aug.hint_samples, cfg.rollout)
-            graded = [examples[g] for g in hard for _ in range(aug.hint_samples)]
-            rewards = score(cfg.rewards, probe.completions_text, graded, probe.completion_lengths.tolist()).rewards
-            best = combine_rewards(rewards, weights).view(len(hard), aug.hint_samples).argmax(-1).tolist()
+            probe.examples = [examples[g] for g in hard for _ in range(aug.hint_samples)]  # graded as asked
+            score_batch(cfg.rewards, probe)
+            best = probe.total_reward().cpu().view(len(hard), aug.hint_samples).argmax(-1).tolist()
             for k, g in enumerate(hard):
                 text = probe.completions_text[k * aug.hint_samples + best[k]]
                 hint = hint_prefix(reasoning_of(text), aug.hint_fraction(deltas[g]))
