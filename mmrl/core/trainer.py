@@ -193,8 +193,8 @@ def build_scheduler(optimizer, optim_cfg, total_steps: int):
 # ---------------------------------------------------------------- state
 class AlgorithmState:
     """Every stateful piece of the algorithm in one checkpointed object: the prompt sampler, the
-    advantage estimator's state (bnpo moments, spo tracker) and the state of the run's methods
-    (`mmrl.core.methods`, e.g. an augmentation's replay buffer), each under its name. Every rank holds
+    advantage estimator's state (`advantages.make_state`: running moments, per-prompt trackers) and the
+    state of the run's stateful methods (`mmrl.core.methods`), each under its name. Every rank holds
     an identical copy: all updates are computed from data gathered from all ranks, in the same order."""
 
     def __init__(self, cfg, num_prompts: int):
