@@ -368,6 +368,8 @@ def with_sections(cls, sections: dict[str, type]) -> type:
         head, _, rest = key.partition(".")
         if rest:
             nested.setdefault(head, {})[rest] = section
+        elif head in hints:
+            raise ValueError(f"config section '{head}' of a model family: {cls.__name__} already has '{head}'")
         else:
             fields.append((head, section, field(default_factory=section)))
     for head, inner in nested.items():
@@ -393,7 +395,11 @@ def _section_owner(key: str, modality: str) -> str | None:
     from mmrl.modalities import BUILT_IN, config_sections
 
     for name in BUILT_IN:
-        if name != modality and any(key == s or key.startswith(s + ".") for s in config_sections(name)):
+        try:
+            sections = config_sections(name) if name != modality else {}
+        except ImportError:  # a family whose optional dependencies are not installed
+            continue
+        if any(key == s or key.startswith(s + ".") for s in sections):
             return name
     return None
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from mmrl.config import Config, ConfigError, load_config, to_dict
@@ -72,3 +74,15 @@ def test_a_resume_refuses_a_change_of_a_familys_shape_keys(tmp_path):
     assert check_resumed_config(tmp_path, now) == ["model.schedule.steps"]  # without the family's keys: a warning
     with pytest.raises(ValueError, match=r"another shape .*model.schedule.steps: 12 -> 6"):
         check_resumed_config(tmp_path, now, shape_keys("mdm"))
+
+
+def test_a_family_section_cannot_replace_a_common_one():
+    from mmrl.config import with_sections
+
+    @dataclasses.dataclass
+    class Mine:
+        r: int = 4
+
+    with pytest.raises(ValueError, match="ModelConfig already has 'lora'"):
+        with_sections(Config, {"model.lora": Mine})
+    assert with_sections(Config, {"model.mine": Mine})().model.mine == Mine()
