@@ -5,7 +5,8 @@ steps on one-digit addition, the demo default; IGPO's demo uses 300), samples at
 demo: 1.2) and trains for the same number of RL steps of 16 prompts x 8 completions, with its own
 estimator, loss and number of inner updates (its configs/tiny_dllm_*.yaml).
 
-Reported per method: accuracy, mean over the first and last 20% of steps, for each seed; the median
+Reported per method: accuracy of the policy's own samples (IGPO's before inpainted ones replace
+some), mean over the first and last 20% of steps, for each seed; the median
 step time; and the model forward passes per step (median; a forward is one call of the model on a
 batch of rows: a denoising step, a scoring chunk, an update's forward).
 
@@ -74,7 +75,9 @@ def run(method: str, seed: int, steps: int, out: Path) -> dict:
         AcceleratorState._reset_state(True)
         PartialState._reset_state()
     history = log.history
-    return {"accuracy": first_last_fraction([r["reward/accuracy_math/mean"] for r in history]),
+    own = "igpo/original/accuracy_math/mean"  # IGPO's batch holds inpainted samples: its own rollouts' accuracy
+    key = own if own in history[0] else "reward/accuracy_math/mean"
+    return {"accuracy": first_last_fraction([r[key] for r in history]),
             "step_s": statistics.median(r["time/step_s"] for r in history),
             # the first step's count also holds the warm-up's forwards
             "forwards": statistics.median(r["perf/forward_passes"] for r in history[1:]),

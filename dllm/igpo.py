@@ -106,6 +106,8 @@ def inpaint(cfg, accelerator, adapter, model, batch: RolloutBatch, step: int) ->
              and str(batch.examples[a].get("solution", "")).strip()]
     stats = {"igpo/all_wrong_groups": sum(1 for a, b in bounds if not correct[a:b].any()),
              "igpo/rescued_groups": 0, "igpo/replaced_samples": 0}
+    for j, name in enumerate(batch.reward_names):  # the policy's own rollouts, before any replacement: the learning curve
+        stats[f"igpo/original/{name}/mean"] = batch.rewards[:, j].mean().item()
     canvas_scope = icfg.loss_scope == "canvas"
     if canvas_scope:
         batch.loss_mask = torch.ones_like(batch.completion_mask)

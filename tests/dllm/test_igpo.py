@@ -65,7 +65,8 @@ def test_all_wrong_group_is_rescued_on_the_tiny_model():
     before = batch.completion_ids.clone()
     out, stats = inpaint(cfg, Accelerator(cpu=True), adapter, model, batch, step=0)
     # the second group has no reference reasoning: not rescued. The first: floor(0.5 * 4) = 2 rows replaced
-    assert stats == {"igpo/all_wrong_groups": 2, "igpo/rescued_groups": 1, "igpo/replaced_samples": 2}
+    assert stats == {"igpo/all_wrong_groups": 2, "igpo/rescued_groups": 1, "igpo/replaced_samples": 2,
+                     "igpo/original/format/mean": 0.0}  # the policy's own samples (the batch's mean is now 0.25)
     assert out.rewards[:2, 0].tolist() == [1.0, 1.0] and out.rewards[2:, 0].tolist() == [0.0] * 6
     assert torch.equal(out.completion_ids[2:], before[2:]) and out.group_ids.tolist() == batch.group_ids.tolist()
     assert out.example_index.tolist() == [0] * 4 + [1] * 4
