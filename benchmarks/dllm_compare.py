@@ -30,7 +30,7 @@ from mmrl.core.metrics import MetricsLog, first_last_fraction  # noqa: E402
 from tables import run_table  # noqa: E402
 
 METHODS = {  # name -> (recipe, overrides that put it on the common task start)
-    "one-step (d1)": ("tiny_dllm_grpo.yaml", []),
+    "one-step (d1)": ("tiny_dllm_grpo.yaml", ["sft.steps=500", "optim.lr=5e-4"]),  # the demo's earlier warm-up and lr
     "GDPO": ("tiny_dllm_gdpo.yaml", []),
     "IGPO": ("tiny_dllm_igpo.yaml", ["sft.steps=500", "rollout.temperature=1.0"]),
     "JustGRPO (ar_exact)": ("tiny_dllm_justgrpo.yaml", []),
