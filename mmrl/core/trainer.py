@@ -4,7 +4,7 @@ mmrl.core.sharding); accelerate's own FSDP and DeepSpeed are refused.
 One step:  the sampler draws the global prompts (and their group sizes) -> each rank generates its
 share of groups (adapter.generate) and scores them (configured reward functions; a refilling
 sampler drops degenerate groups and draws again) -> optional per-rank rewrites of the scored groups
-(the `after_rollout` hooks of the run's methods, mmrl.core.methods: e.g. DeepVideo-R1's prompts, IGPO's) ->
+(the `after_rollout` hooks of the run's methods, mmrl.core.methods) ->
 the rows of all ranks are gathered and the advantages computed over the whole batch, updating the
 stateful estimator and sampler identically on every rank -> token weights, old / reference
 log-probs (per inner update for adapters whose scoring draws fresh masks) -> `num_iterations`
@@ -548,7 +548,7 @@ def train(cfg, adapter, model, examples: list[dict], accelerator: Accelerator | 
         ref_model = copy.deepcopy(model).eval().requires_grad_(False) if with_reference else None
         model = sharding.place(model, cfg, accelerator)
         ref_model = sharding.place(ref_model, cfg, accelerator) if ref_model is not None else None
-    # a model with parts that train at their own rate (Co-GRPO's schedule policy) gives its groups
+    # a model with parts that train at their own rate gives its parameter groups (model.optimizer_groups)
     params = model.optimizer_groups(cfg.optim.lr) if hasattr(model, "optimizer_groups") else \
         [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
