@@ -1,6 +1,6 @@
 # `make demo`: build .venv and train the tiny text GRPO recipe on CPU (config overrides in ARGS, e.g.
 #   make demo ARGS="overwrite_output_dir=true" to train it again from scratch).
-# `make test`: build/update .venv and run the test suite.
+# `make test`: build/update .venv and run the test suite on two worker processes (one thread each: tests/conftest.py).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -25,7 +25,7 @@ demo: $(STAMP)
 		scripts/train_text.py --config configs/tiny_text_grpo.yaml $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -rs --durations=15 tests
+	$(PY) -m pytest -q -rs --durations=15 -n 2 --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) runs

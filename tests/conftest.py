@@ -1,6 +1,23 @@
+import os
+
 import pytest
+import torch
 
 from mmrl.models.tiny import build_tiny_causal_lm, build_tokenizer
+
+
+# One thread per test process, however pytest is invoked: `make test` runs two xdist workers on this
+# 2-core machine (two threads each would oversubscribe it), and the learning tests' fixed-seed numbers
+# depend on the thread count (a matmul's reduction order), so `pytest` alone gives the same numbers.
+# Subprocesses (accelerate launches, scripts) inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests (learning demos, multi-process launches: minutes each) first, so that the two
+    workers do not end with one of them running a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

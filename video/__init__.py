@@ -13,7 +13,7 @@ def build(cfg, training: bool = True):
     from mmrl import vlm
 
     return vlm.build(cfg, training=training, adapter_cls=VideoAdapter,
-                     sampling=cfg.model.video, cache_videos=cfg.model.video.cache_videos)
+                     sampling=cfg.model.video, cache_mb=cfg.model.video.cache_mb)
 
 
 def training_examples(cfg, adapter):

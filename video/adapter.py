@@ -17,14 +17,14 @@ from video.frames import FrameCache, check_sampling, check_video
 class VideoAdapter(VLMAdapter):
     supports_frame_noise = True  # the difficulty-aware augmentation may perturb this adapter's inputs
 
-    def __init__(self, processor, sampling: VideoConfig | None = None, cache_videos: int = 64, **vlm_kwargs):
+    def __init__(self, processor, sampling: VideoConfig | None = None, cache_mb: float = 2048, **vlm_kwargs):
         super().__init__(processor, **vlm_kwargs)
         self.sampling = sampling or VideoConfig()
         check_sampling(self.sampling)
         video_processor = getattr(processor, "video_processor", None)
         patch = getattr(video_processor, "patch_size", self.patch_size)
         merge = getattr(video_processor, "merge_size", 2)
-        self.frames = FrameCache(self.sampling, factor=patch * merge, max_videos=cache_videos)
+        self.frames = FrameCache(self.sampling, factor=patch * merge, max_mb=cache_mb)
 
     def check_open(self, path) -> None:
         """Raise VideoError unless `path` opens with at least 2 frames (data.video_check: open)."""

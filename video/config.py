@@ -18,4 +18,4 @@ class VideoConfig:
     total_pixels: int = 90_316_800  # all frames together: lowers the per-frame cap of long videos
     resized_height: int | None = None  # a fixed frame size instead of the pixel bounds (both set; rounded to
     resized_width: int | None = None  # multiples of 28, or 32 for Qwen3-VL), e.g. DeepVideo-R1's 252 x 252
-    cache_videos: int = 64  # decoded, resized videos kept in memory (least recently used dropped)
+    cache_mb: int = 2048  # decoded, resized frames kept in memory, in MiB (least recently used dropped; 0: none)

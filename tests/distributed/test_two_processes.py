@@ -16,8 +16,11 @@ from tests.distributed.ddp_update import CLIP
 
 ROOT = Path(__file__).parents[2]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+# A rendezvous port per pytest-xdist worker (gw0, gw1, ...): two workers' launches at the same time would
+# otherwise both bind accelerate's default 29500. A worker's own launches run one at a time.
+PORT = 29500 + 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 TWO_PROCS = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no"]
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(PORT)]
 
 
 def _env():

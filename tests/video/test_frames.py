@@ -65,14 +65,22 @@ def test_corrupt_missing_and_short_videos_raise_naming_the_file(tmp_path):
 
 def test_cache_decodes_each_video_once_and_drops_the_oldest(tmp_path):
     rows = first_colour(3, seed=0, video_dir=tmp_path)
-    cache = FrameCache(VideoConfig(nframes=2, min_pixels=3136, max_pixels=3136), max_videos=2)
+    size = 2 * 3 * 56 * 56  # bytes of one video: 2 frames, 3 channels, 56 x 56 (3136 pixels), uint8
+    cache = FrameCache(VideoConfig(nframes=2, min_pixels=3136, max_pixels=3136), max_mb=2.5 * size / 2**20)
     a = cache.get(rows[0]["video"])
+    assert a.frames.shape == (2, 3, 56, 56) and cache.bytes == size
     assert cache.get(rows[0]["video"]) is a and cache.decoded == 1
     cache.get(rows[1]["video"])
-    cache.get(rows[2]["video"])  # evicts rows[0]
-    assert len(cache) == 2 and cache.decoded == 3
+    cache.get(rows[0]["video"])  # now the most recently used
+    cache.get(rows[2]["video"])  # over 2.5 videos' bytes: evicts rows[1], the least recently used
+    assert len(cache) == 2 and cache.decoded == 3 and cache.bytes == 2 * size
     cache.get(rows[0]["video"])
+    assert cache.decoded == 3
+    cache.get(rows[1]["video"])
     assert cache.decoded == 4
+    small = FrameCache(VideoConfig(nframes=2, min_pixels=3136, max_pixels=3136), max_mb=0.5 * size / 2**20)
+    small.get(rows[0]["video"])  # larger than the whole budget: returned, not kept
+    assert len(small) == 0 and small.bytes == 0
 
 
 def test_frame_noise_is_seeded_and_has_the_requested_std():
