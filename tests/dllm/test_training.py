@@ -128,7 +128,7 @@ def test_tiny_dllm_demo_raises_accuracy(tmp_path):
     """The shipped one-step demo, its first 80 steps (constant lr: the same steps as the full run):
     accuracy rises between the first and last 20% of the steps. With the earlier settings (500 warm-up
     steps, lr 5e-4) the policy's entropy collapsed and all-wrong groups stopped the learning (300 steps:
-    0.170 -> 0.176 with two threads); the full 600-step run: README (issue 21)."""
+    0.170 -> 0.176 with two threads); the full 1000-step run: README (issue 21)."""
     log = train_dllm.main(["--config", CONFIG, f"output_dir={tmp_path}", "trainer.save_every=0",
                            "trainer.max_steps=80"])
     acc = [r["reward/accuracy_math/mean"] for r in log.history]
