@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_dllm  # noqa: E402
 
 CONFIG = str(ROOT / "configs" / "tiny_dllm_grpo.yaml")
-MIN_RISE_80 = 0.08  # the demo's first 80 steps on seed 0, one thread (tests/conftest.py): 0.299 -> 0.431 (+0.132)
+MIN_RISE_80 = 0.08  # the demo's first 80 steps on seed 0, one thread (tests/conftest.py): 0.299 -> 0.431 (+0.132); AMD EPYC: 0.403 -> 0.513 (+0.110)
 FAST = ["sft.steps=20", "trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.log_every=1000",
         "data.synthetic.num_examples=16"]
 SDMC = ["model.diffusion.estimator=elbo_sdmc", "model.diffusion.estimator_params={nodes: 2}",
@@ -141,7 +141,8 @@ def test_tiny_dllm_demo_raises_accuracy(tmp_path):
 def test_tiny_justgrpo_demo_raises_accuracy(tmp_path):
     """Left-to-right rollouts scored by their exact likelihood (ar_exact), the shipped demo's first 80 of
     300 steps (constant lr): accuracy rises between the first and last 20% of the steps (seed 0, one
-    thread: 0.172 -> 0.260, entropy 0.266 -> 0.216; all 300: 0.207 -> 0.424, README)."""
+    thread: 0.172 -> 0.260, entropy 0.266 -> 0.216, on the AMD EPYC machine 0.159 -> 0.233, entropy 0.255 -> 0.221;
+    all 300 steps: README)."""
     log = train_dllm.main(["--config", str(ROOT / "configs" / "tiny_dllm_justgrpo.yaml"), f"output_dir={tmp_path}",
                            "trainer.save_every=0", "trainer.max_steps=80"])
     acc = [r["reward/accuracy_math/mean"] for r in log.history]
