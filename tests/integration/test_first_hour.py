@@ -206,6 +206,12 @@ def test_wandb_offline_and_tensorboard_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_text(tmp_path, "trainer.max_steps=2", "trainer.log_with=[wandb, tensorboard]")
+    # run.finish() only asks wandb-core to close the run (a message it does not wait on), and wandb-core
+    # holds the records in a 32 KiB block until it closes the file: read right after finish() on a busy
+    # machine, the file was its 7-byte header alone. teardown() waits for wandb-core to exit (as atexit does).
+    import wandb
+
+    wandb.teardown()
     # the offline run file (protobuf records, each history value stored as its JSON text): every step's entropy
     (run_file,) = (tmp_path / "trackers" / "wandb").glob("offline-run-*/run-*.wandb")
     stored = run_file.read_bytes()
