@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import dllm  # noqa: E402
 from mmrl.config import load_config  # noqa: E402
+from mmrl.core.advantages import mean_centered_advantages  # noqa: E402
 from mmrl.data import load_examples  # noqa: E402
 
 ANSWER = re.compile(r"<answer>(\d+)</answer>")
@@ -44,24 +45,16 @@ def number_positions(tokenizer, completion_ids: torch.Tensor) -> torch.Tensor:
     return table[ids]
 
 
-def group_centred(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """GDPO's advantage r - mean over each group of `group_size` consecutive rows."""
-    g = rewards.view(-1, group_size)
-    return (g - g.mean(1, keepdim=True)).flatten()
-
-
 def gradient_split(model, adapter, batch, advantages: torch.Tensor, parts: dict) -> dict:
     """{part: L2 norm of the gradient of -mean_i A_i / |y_i| sum_{t in part} term_it}, each part a [N, C] bool
     mask, with the adapter's current estimator (ratio 1: the on-policy gradient of every clipped loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    length = batch.completion_mask.sum(1).clamp(min=1)
+    weighted = -(advantages / batch.completion_mask.sum(1).clamp(min=1))[:, None] * adapter.log_probs(model, batch)
     out = {}
-    for name, part in parts.items():
-        model.zero_grad()
-        terms = adapter.log_probs(model, batch)
-        (-((advantages / length)[:, None] * terms * part).sum() / len(advantages)).backward()
-        out[name] = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
-    model.zero_grad()
+    for name, part in parts.items():  # one scoring pass, one gradient per part
+        grads = torch.autograd.grad((weighted * part).sum() / len(advantages), params, retain_graph=True,
+                                    allow_unused=True)
+        out[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
     return out
 
 
@@ -118,7 +111,7 @@ def main(argv=None):
         with torch.no_grad():
             batch = adapter.generate(model, examples[:args.grad_prompts], args.samples, cfg.rollout)
         rewards = torch.tensor(accuracy(batch.completions_text, batch.examples), dtype=torch.float32)
-        advantages = group_centred(rewards, args.samples)
+        advantages = mean_centered_advantages(rewards, batch.group_ids)  # GDPO's r - mean
         scope = batch.completion_mask.bool()
         numbers = number_positions(adapter.tokenizer, batch.completion_ids) & scope
         parts = {"format": scope & ~numbers, "numbers": numbers, "all": scope}

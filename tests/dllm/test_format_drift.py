@@ -7,6 +7,7 @@ import torch
 
 from dllm.adapter import MaskedDiffusionAdapter
 from dllm.models import build_tiny_mdlm
+from mmrl.core.advantages import mean_centered_advantages
 from mmrl.models.tiny import build_tokenizer
 from tests.integration.helpers import ROOT
 
@@ -23,18 +24,16 @@ def group():
     examples = [{"prompt": "What is 3 + 4?", "answer": "7"}] * 4
     batch = adapter.encode(examples, ["<answer>7</answer>", "<answer>7</answer>", "<answer>5</answer>",
                                       "<answer>9</answer>"])
-    advantages = drift.group_centred(torch.tensor([1.0, 1.0, 0.0, 0.0]), 4)
+    advantages = mean_centered_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.zeros(4, dtype=torch.long))  # one group
     return tok, model, adapter, batch, advantages
 
 
-def test_number_positions_and_group_centred_advantage(group):
+def test_number_positions_and_the_groups_advantage(group):
     tok, _, _, batch, advantages = group
     numbers = drift.number_positions(tok, batch.completion_ids)
     assert [tok.decode(t) for t in batch.completion_ids[2][numbers[2]]] == ["5"]
     assert numbers.sum().item() == 4
     assert advantages.tolist() == [0.5, 0.5, -0.5, -0.5]
-    assert drift.group_centred(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0]), 3).tolist() == \
-        pytest.approx([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3])
 
 
 def format_and_number_gradients(model, adapter, tok, batch, advantages, estimator, params):
